@@ -1,0 +1,1 @@
+//! Quantized decoder models built from GGUF files.

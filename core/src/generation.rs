@@ -25,6 +25,12 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     /// Valid UTF-8 text and the tokens that completed it.
-    Text { text: String, token_ids: Vec<u32> },
-    Done { finish: FinishReason, usage: Usage },
+    Text {
+        text: String,
+        token_ids: Vec<u32>,
+    },
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
 }

@@ -1,0 +1,55 @@
+//! `coe`: one binary for every coe process and client command.
+mod cmd;
+mod models;
+mod shutdown;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "coe",
+    version,
+    about = "Composition-of-Experts serving: many small expert LLMs behind one endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs everything in one process on embedded defaults (fetching the models on first start).
+    Serve(cmd::serve::ServeArgs),
+    /// Runs the expert worker alone.
+    Worker(cmd::serve::ServeArgs),
+    /// Streams an answer to the terminal.
+    Ask(cmd::ask::AskArgs),
+    /// Fetches and verifies models into the cache.
+    Fetch(cmd::fetch::FetchArgs),
+    /// Benchmarks against baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args, "serve").await,
+            Command::Worker(args) => cmd::serve::run(args, "worker").await,
+            Command::Ask(args) => cmd::ask::run(args).await,
+            Command::Fetch(args) => cmd::fetch::run(args).await,
+            Command::Bench(command) => cmd::bench::run(command).await,
+        }
+    })
+}

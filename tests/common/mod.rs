@@ -1,0 +1,194 @@
+//! Shared helpers of the end-to-end tests: fetch the real models, start a real worker on 127.0.0.1:0
+//! on a runtime of its own, and talk to it over gRPC.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coe_core::ExpertName;
+use coe_expert_worker::{ExpertSpec, WorkerConfig};
+use coe_proto::v1 as pb;
+use pb::expert_worker_client::ExpertWorkerClient;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+pub const SMOLLM: &str = "smollm2-135m-instruct";
+pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
+pub const GEMMA: &str = "gemma-3-270m";
+pub const ALL_EXPERTS: [&str; 3] = [SMOLLM, QWEN, GEMMA];
+
+/// Fetches (once; later calls find it cached and verified) a manifest model's GGUF.
+pub fn model_gguf(name: &str) -> PathBuf {
+    let home = coe_fetch::coe_home();
+    let manifest = coe_fetch::Manifest::embedded();
+    let model = manifest.model(name).expect("model in the manifest");
+    let dir = coe_fetch::fetch_model(&home, model, &mut |_| {}).expect("fetching the model");
+    let file = model
+        .files
+        .iter()
+        .find(|f| f.name.ends_with(".gguf"))
+        .expect("a gguf file");
+    dir.join(&file.name)
+}
+
+pub fn spec(name: &str) -> ExpertSpec {
+    ExpertSpec {
+        name: ExpertName::parse(name).unwrap(),
+        path: model_gguf(name),
+    }
+}
+
+pub fn worker_config(experts: &[&str]) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: "test-worker".into(),
+        experts: experts.iter().map(|e| spec(e)).collect(),
+        queue_capacity: 8,
+        max_active: 2,
+        max_context: 2048,
+    }
+}
+
+/// A worker serving on loopback from a thread and runtime of its own, so it outlives any one test.
+pub struct TestWorker {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), coe_expert_worker::WorkerError>>>,
+}
+
+impl TestWorker {
+    pub fn start(config: WorkerConfig) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                coe_expert_worker::serve(config, listener, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+            })
+        });
+        let addr = addr_rx.recv().expect("the worker bound a port");
+        Self {
+            addr,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Asks for a graceful shutdown and returns a handle that resolves when serve() returned.
+    pub fn begin_shutdown(
+        &mut self,
+    ) -> std::thread::JoinHandle<Result<(), coe_expert_worker::WorkerError>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.thread.take().expect("shutdown once")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(self.addr).await
+    }
+
+    pub async fn client(&self) -> ExpertWorkerClient<Channel> {
+        ExpertWorkerClient::new(self.channel().await)
+    }
+
+    /// Waits until health says SERVING (models loaded); panics after `limit`.
+    pub async fn wait_serving(&self, limit: Duration) {
+        let mut health = HealthClient::new(self.channel().await);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = health_status(&mut health, "").await;
+            if status == ServingStatus::Serving {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker not SERVING after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn health_status(health: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map(|r| ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown))
+        .unwrap_or(ServingStatus::Unknown)
+}
+
+pub async fn connect(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the test server")
+}
+
+pub fn user(content: &str) -> pb::ChatMessage {
+    pb::ChatMessage {
+        role: pb::Role::User as i32,
+        content: content.to_string(),
+    }
+}
+
+pub fn greedy(max_tokens: u32) -> Option<pb::SamplingParams> {
+    Some(pb::SamplingParams {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    })
+}
+
+/// A finished generation as a client sees it.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub chunks: usize,
+    pub done: Option<pb::GenerationDone>,
+}
+
+pub async fn collect(
+    client: &mut ExpertWorkerClient<Channel>,
+    request: pb::GenerateRequest,
+) -> Result<Collected, tonic::Status> {
+    let mut stream = client.generate(request).await?.into_inner();
+    let mut out = Collected::default();
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(pb::generate_response::Event::Chunk(chunk)) => {
+                out.text.push_str(&chunk.text);
+                out.token_ids.extend(chunk.token_ids);
+                out.chunks += 1;
+            }
+            Some(pb::generate_response::Event::Done(done)) => out.done = Some(done),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The repository's test fixtures folder.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}

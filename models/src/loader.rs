@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::GgmlDType;
 
-use crate::quant::{dequantize_ggml, Bytes, Format, QMatrix};
+use crate::quant::{dequantize_ggml, Bytes, QMatrix};
 use crate::ModelError;
 
 /// The tensors of one GGUF file, read from `reader` (a file or bytes staged in memory).
@@ -62,31 +62,17 @@ impl<'a, R: Read + Seek> TensorSource<'a, R> {
     }
 
     /// A `rows × cols` weight matrix (rows = output features).
-    pub(crate) fn matrix(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<QMatrix, ModelError> {
+    pub(crate) fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
         let info = self.info(name)?;
         Self::check_shape(name, info, &[rows, cols])?;
-        let len = Self::byte_len(info);
-        let native = match info.ggml_dtype {
-            GgmlDType::Q4_1 => Some(Format::Q4_1),
-            GgmlDType::Q5_0 => Some(Format::Q5_0),
-            GgmlDType::Q8_0 => Some(Format::Q8_0),
-            GgmlDType::Q4K => Some(Format::Q4K),
-            GgmlDType::Q6K => Some(Format::Q6K),
-            _ => None,
+        let io = |source| ModelError::Io {
+            name: name.into(),
+            source,
         };
-        if let Some(format) = native {
-            let mut m = QMatrix::zeroed(format, rows, cols);
-            self.read_into(name, info, &mut m.data.as_mut_slice()[..len])?;
-            return Ok(m);
-        }
-        let mut raw = Bytes::zeroed(len);
-        self.read_into(name, info, raw.as_mut_slice())?;
-        QMatrix::from_ggml(name, info.ggml_dtype, rows, cols, raw.as_slice())
+        let start = self.content.tensor_data_offset + info.offset;
+        self.reader.seek(SeekFrom::Start(start)).map_err(io)?;
+        let reader = &mut *self.reader;
+        QMatrix::load(name, info.ggml_dtype, rows, cols, |dst| reader.read_exact(dst).map_err(io))
     }
 
     /// A vector of `len` values (norm weights, biases) as f32.

@@ -5,7 +5,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
 
-use crate::attention::{attention, AttnShape};
+use crate::attention::{attention, round_queries, AttnShape};
 use crate::cache::KvCache;
 use crate::config::{Architecture, ModelConfig};
 use crate::kernels::{matmul, Product};
@@ -341,12 +341,22 @@ impl QuantizedModel {
                 );
             }
             kv.append(k, v);
+            // gemma3 scales queries before q·k, the others scale the scores; the two differ
+            // only in where llama.cpp's f16 rounding of the queries falls.
+            let scale = match c.architecture {
+                Architecture::Gemma3 => {
+                    q.iter_mut().for_each(|v| *v *= c.query_scale);
+                    1.0
+                }
+                Architecture::Llama | Architecture::Qwen2 => c.query_scale,
+            };
+            round_queries(q);
             let shape = AttnShape {
                 num_heads: c.num_heads,
                 num_kv_heads: c.num_kv_heads,
                 head_dim: hd,
                 window: c.sliding_window.filter(|_| layer.sliding),
-                scale: c.query_scale,
+                scale,
             };
             let attn = &mut s.attn[..rows * q_dim];
             attention(q, kv, start, rows, &shape, attn);

@@ -19,16 +19,7 @@ pub const ALL_EXPERTS: [&str; 3] = [SMOLLM, QWEN, GEMMA];
 
 /// Fetches (once; later calls find it cached and verified) a manifest model's GGUF.
 pub fn model_gguf(name: &str) -> PathBuf {
-    let home = coe_fetch::coe_home();
-    let manifest = coe_fetch::Manifest::embedded();
-    let model = manifest.model(name).expect("model in the manifest");
-    let dir = coe_fetch::fetch_model(&home, model, &mut |_| {}).expect("fetching the model");
-    let file = model
-        .files
-        .iter()
-        .find(|f| f.name.ends_with(".gguf"))
-        .expect("a gguf file");
-    dir.join(&file.name)
+    coe_fetch::fetch_gguf(&coe_fetch::coe_home(), name, &mut |_| {}).expect("fetching the model")
 }
 
 pub fn spec(name: &str) -> ExpertSpec {

@@ -7,7 +7,7 @@ use clap::Args;
 use coe_core::ExpertName;
 use coe_expert_worker::{ExpertSpec, WorkerConfig};
 
-use crate::models::{fetch_with_progress, gguf_path, DEFAULT_EXPERTS};
+use crate::models::{gguf_path, DEFAULT_EXPERTS};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -53,11 +53,11 @@ pub async fn run(args: ServeArgs, mode: &str) -> anyhow::Result<()> {
     for model in &args.experts {
         let fetch_home = home.clone();
         let model_name = model.clone();
-        tokio::task::spawn_blocking(move || fetch_with_progress(&fetch_home, &model_name))
-            .await??;
+        let path =
+            tokio::task::spawn_blocking(move || gguf_path(&fetch_home, &model_name)).await??;
         experts.push(ExpertSpec {
             name: ExpertName::parse(model)?,
-            path: gguf_path(&home, model)?,
+            path,
         });
     }
     for entry in &args.expert_files {

@@ -6,11 +6,22 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, GgmlType};
 
-use crate::quant::{cast_blocks, Activations, BlockA8, Format, QMatrix, QK_K, ROW_GROUP};
+use crate::quant::{cast_blocks, Activations, BlockA8, Format, QMatrix, ROW_GROUP};
 
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+/// Which repacked format a SIMD or scalar kernel reads.
+#[cfg(target_arch = "x86_64")]
+use x86::Kind as x86_kind;
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+enum x86_kind {
+    Q4_1,
+    Q5_0,
+    Q8_0,
+}
 
 /// One product of a fused dispatch: `out[r·n + j] = Σ_k x[r, k] · w[j, k]` for the n rows of `w`.
 pub(crate) struct Product<'a> {
@@ -40,8 +51,8 @@ pub fn kernel_level() -> String {
 /// Most activation rows one kernel call handles; longer batches are split.
 const TILE_ROWS: usize = 16;
 
-/// Dot products of rows `4·group .. 4·group+4` of `w` with the activation rows `a` (pointers to
-/// their first block, `a.len() ≤ TILE_ROWS`), as `out[r][i]`.
+/// Dot products of the four rows of group `group` of `w` with activation rows `rows` (whose
+/// first blocks `a` points at), as `out[r][i]`.
 fn dot_tile(
     w: &QMatrix,
     group: usize,
@@ -50,47 +61,44 @@ fn dot_tile(
     a: &[*const BlockA8],
     out: &mut [[f32; 4]],
 ) {
-    let start = group * ROW_GROUP * w.row_bytes;
-    let wrows = &w.data.as_slice()[start..start + ROW_GROUP * w.row_bytes];
-    if w.format.is_k_quant() {
-        let kb = w.cols / QK_K;
-        for (o, row) in out.iter_mut().zip(rows) {
-            let a = &acts.ak[row * kb..(row + 1) * kb];
-            *o = std::array::from_fn(|i| {
-                let blocks = &wrows[i * w.row_bytes..(i + 1) * w.row_bytes];
-                // SAFETY: k-quant blocks are plain repr(C) data; rows start at multiples of
-                // the (even) block size inside 8-byte aligned storage.
-                unsafe {
-                    match w.format {
-                        Format::Q4K => BlockQ4K::vec_dot(w.cols, cast_blocks(blocks), a),
-                        _ => BlockQ6K::vec_dot(w.cols, cast_blocks(blocks), a),
-                    }
-                }
-            });
-        }
-        return;
-    }
+    let g = w.group(group);
     let kb = w.blocks_per_row();
+    let kind = match w.format {
+        Format::Q4_1x4 => x86_kind::Q4_1,
+        Format::Q5_0x4 => x86_kind::Q5_0,
+        Format::Q8_0x4 => x86_kind::Q8_0,
+        Format::Q4K | Format::Q6K => {
+            let row_bytes = w.group_bytes / ROW_GROUP;
+            for (o, row) in out.iter_mut().zip(rows) {
+                let a = &acts.ak[row * kb..(row + 1) * kb];
+                *o = std::array::from_fn(|i| {
+                    let blocks = &g[i * row_bytes..(i + 1) * row_bytes];
+                    // SAFETY: k-quant blocks are plain repr(C) data; rows start at multiples
+                    // of the (even) block size inside 8-byte aligned storage.
+                    unsafe {
+                        match w.format {
+                            Format::Q4K => BlockQ4K::vec_dot(w.cols, cast_blocks(blocks), a),
+                            _ => BlockQ6K::vec_dot(w.cols, cast_blocks(blocks), a),
+                        }
+                    }
+                });
+            }
+            return;
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if let Some(level) = simd_level() {
-        let (p, s) = (wrows.as_ptr(), w.row_bytes);
-        // SAFETY: `wrows` holds four rows of `kb` blocks, each `a[r]` points at `kb` blocks
-        // of `acts.a8`, and `level` was detected on this CPU.
-        unsafe {
-            match w.format {
-                Format::Q4_1 => x86::tile_q4_1(level, p, s, kb, a, out),
-                Format::Q5_0 => x86::tile_q5_0(level, p, s, kb, a, out),
-                _ => x86::tile_q8_0(level, p, s, kb, a, out),
-            }
-        }
+        // SAFETY: `g` holds `kb` super-blocks of `kind`, each `a[r]` points at `kb` blocks of
+        // `acts.a8`, and `level` was detected on this CPU.
+        unsafe { x86::tile(level, kind, g.as_ptr(), kb, a, out) };
         return;
     }
     for (o, row) in out.iter_mut().zip(rows) {
         let a = &acts.a8[row * kb..(row + 1) * kb];
-        *o = match w.format {
-            Format::Q4_1 => scalar::q4_1(wrows, w.row_bytes, a),
-            Format::Q5_0 => scalar::q5_0(wrows, w.row_bytes, a),
-            _ => scalar::q8_0(wrows, w.row_bytes, a),
+        *o = match kind {
+            x86_kind::Q4_1 => scalar::q4_1(g, a),
+            x86_kind::Q5_0 => scalar::q5_0(g, a),
+            x86_kind::Q8_0 => scalar::q8_0(g, a),
         };
     }
 }
@@ -113,7 +121,7 @@ pub(crate) fn matmul(x: &[f32], rows: usize, scratch: &mut Activations, products
     let mut total = 0;
     for p in products.iter() {
         starts.push(total);
-        total += p.w.rows.div_ceil(ROW_GROUP);
+        total += p.w.groups();
     }
     starts.push(total);
     let outs: Vec<(usize, &QMatrix)> = products
@@ -167,59 +175,28 @@ pub(crate) fn matmul(x: &[f32], rows: usize, scratch: &mut Activations, products
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::Activations;
+    use crate::quant::tests::random_ggml;
     use candle_core::quantized::GgmlDType;
 
-    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 33) as u8
-            })
-            .collect()
-    }
-
-    /// Random blocks with small, valid f16 scales at the given byte offsets of each block.
-    fn random_matrix(
-        dtype: GgmlDType,
-        block: usize,
-        scales: &[usize],
-        rows: usize,
-        cols: usize,
-    ) -> Vec<u8> {
-        let mut raw = random_bytes(rows * cols / 32 * block, 7);
-        for (i, blk) in raw.chunks_exact_mut(block).enumerate() {
-            for &at in scales {
-                let v = half::f16::from_f32(0.01 + (i % 7) as f32 * 0.003 - 0.02 * (at as f32));
-                blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-            }
-        }
-        let _ = dtype;
-        raw
+    fn load(dtype: GgmlDType, rows: usize, cols: usize, raw: &[u8]) -> QMatrix {
+        let mut at = 0;
+        QMatrix::load("t", dtype, rows, cols, |dst| {
+            dst.copy_from_slice(&raw[at..at + dst.len()]);
+            at += dst.len();
+            Ok(())
+        })
+        .unwrap()
     }
 
     fn check(dtype: GgmlDType, block: usize, scales: &[usize]) {
-        // 7 activation rows exercise the 4-, 2- and 1-row tiles.
-        let (rows, cols, m) = (12, 256, 7);
-        let raw = random_matrix(dtype, block, scales, rows, cols);
-        let w = QMatrix::from_ggml("t", dtype, rows, cols, &raw).unwrap();
-        let x: Vec<f32> = (0..m * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-            .collect();
+        // 7 activation rows exercise every tile height; 10 weight rows a padded group.
+        let (rows, cols, m) = (10, 256, 7);
+        let raw = random_ggml(block, scales, rows, cols);
+        let w = load(dtype, rows, cols, &raw);
+        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
         let mut out = vec![0f32; m * rows];
         let mut acts = Activations::default();
-        matmul(
-            &x,
-            m,
-            &mut acts,
-            &mut [Product {
-                w: &w,
-                out: &mut out,
-            }],
-        );
+        matmul(&x, m, &mut acts, &mut [Product { w: &w, out: &mut out }]);
         // Reference: dequantized weights against the dequantized activations.
         let mut row = vec![0f32; cols];
         for r in 0..m {
@@ -255,47 +232,32 @@ mod tests {
     }
 
     #[test]
-    fn simd_and_scalar_kernels_agree() {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(level) = simd_level() {
-            let kb = 8;
-            let x: Vec<f32> = (0..kb * 32)
-                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0)
-                .collect();
-            let mut acts = Activations::default();
-            acts.quantize(&x, 1, kb * 32, false);
-            for (dtype, block, scales) in [
-                (GgmlDType::Q4_1, 20, &[0usize, 2][..]),
-                (GgmlDType::Q5_0, 22, &[0][..]),
-                (GgmlDType::Q8_0, 34, &[0][..]),
-            ] {
-                let raw = random_matrix(dtype, block, scales, 4, kb * 32);
-                let stride = kb * block;
-                // SAFETY: `raw` holds four rows of `kb` blocks.
-                let mut tile = [[0f32; 4]; 1];
-                let a = [acts.a8.as_ptr()];
-                unsafe {
-                    match dtype {
-                        GgmlDType::Q4_1 => {
-                            x86::tile_q4_1(level, raw.as_ptr(), stride, kb, &a, &mut tile)
-                        }
-                        GgmlDType::Q5_0 => {
-                            x86::tile_q5_0(level, raw.as_ptr(), stride, kb, &a, &mut tile)
-                        }
-                        _ => x86::tile_q8_0(level, raw.as_ptr(), stride, kb, &a, &mut tile),
-                    }
-                };
-                let simd = tile[0];
-                let reference = match dtype {
-                    GgmlDType::Q4_1 => scalar::q4_1(&raw, stride, &acts.a8),
-                    GgmlDType::Q5_0 => scalar::q5_0(&raw, stride, &acts.a8),
-                    _ => scalar::q8_0(&raw, stride, &acts.a8),
-                };
-                for (s, r) in simd.iter().zip(&reference) {
-                    assert!(
-                        (s - r).abs() <= 1e-4 * (1.0 + r.abs()),
-                        "{dtype:?}: {s} vs {r}"
-                    );
+    #[cfg(target_arch = "x86_64")]
+    fn every_simd_level_agrees_with_the_scalar_kernels() {
+        let (kb, m) = (8, 5);
+        let x: Vec<f32> = (0..m * kb * 32).map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0).collect();
+        let mut acts = Activations::default();
+        acts.quantize(&x, m, kb * 32, false);
+        let a: Vec<*const BlockA8> = (0..m).map(|r| acts.a8[r * kb..].as_ptr()).collect();
+        for (dtype, block, scales, kind) in [
+            (GgmlDType::Q4_1, 20, &[0usize, 2][..], x86_kind::Q4_1),
+            (GgmlDType::Q5_0, 22, &[0][..], x86_kind::Q5_0),
+            (GgmlDType::Q8_0, 34, &[0][..], x86_kind::Q8_0),
+        ] {
+            let w = load(dtype, 4, kb * 32, &random_ggml(block, scales, 4, kb * 32));
+            for level in x86::supported_levels() {
+                let mut out = vec![[0f32; 4]; m];
+                // SAFETY: one group of `kb` super-blocks, `m` rows of `kb` blocks, and only
+                // levels this CPU supports.
+                unsafe { x86::tile(level, kind, w.group(0).as_ptr(), kb, &a, &mut out) };
+                for (r, got) in out.iter().enumerate() {
+                    let want = match kind {
+                        x86_kind::Q4_1 => scalar::q4_1(w.group(0), &acts.a8[r * kb..(r + 1) * kb]),
+                        x86_kind::Q5_0 => scalar::q5_0(w.group(0), &acts.a8[r * kb..(r + 1) * kb]),
+                        x86_kind::Q8_0 => scalar::q8_0(w.group(0), &acts.a8[r * kb..(r + 1) * kb]),
+                    };
+                    // Same operations in the same order: the results must be identical.
+                    assert_eq!(got, &want, "{level:?} {kind:?} row {r}");
                 }
             }
         }
@@ -312,7 +274,11 @@ mod throughput {
 
     fn probe(dtype: GgmlDType, block: usize, rows: usize, cols: usize) {
         let raw = vec![0x11u8; rows * cols / 32 * block];
-        let w = QMatrix::from_ggml("t", dtype, rows, cols, &raw).unwrap();
+        let w = QMatrix::load("t", dtype, rows, cols, |dst| {
+            dst.fill(0x11);
+            Ok(())
+        })
+        .unwrap();
         let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
         let mut out = vec![0f32; rows];
         let mut acts = Activations::default();

@@ -1,63 +1,85 @@
-//! Portable reference kernels: four weight rows against one activation row, block by block.
-//! They run where no SIMD kernel applies and are the yardstick the SIMD kernels are tested with.
+//! Portable reference kernels for the x4 super-block formats: four weight rows against one
+//! activation row. They follow ggml's AVX2 dot products operation for operation (eight i32
+//! lanes of four products, one f32 FMA per lane and block, the same final reduction), so the
+//! SIMD kernels must reproduce them bit for bit and both match llama.cpp's rounding.
 use half::f16;
 
-use crate::quant::{BlockA8, QK};
+use crate::quant::BlockA8;
 
 fn f16_at(w: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([w[at], w[at + 1]])).to_f32()
 }
 
-/// Σ over blocks of one row: `q(byte j)` yields the unsigned quant of element j, `scale`
-/// and `offset` the block's d and its additive term (per unit of the activation's d·Σq).
-fn row_dot(row: &[u8], bytes: usize, a: &[BlockA8], f: impl Fn(&[u8], &BlockA8) -> f32) -> f32 {
-    row.chunks_exact(bytes)
-        .zip(a)
-        .map(|(blk, ab)| f(blk, ab))
-        .sum()
+fn u64_at(w: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(w[at..at + 8].try_into().expect("8 bytes"))
 }
 
-pub(crate) fn q4_1(w: &[u8], row_bytes: usize, a: &[BlockA8]) -> [f32; 4] {
-    std::array::from_fn(|r| {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        row_dot(row, 20, a, |blk, ab| {
-            let mut isum = 0i32;
-            for j in 0..QK / 2 {
-                isum += i32::from(blk[4 + j] & 15) * i32::from(ab.qs[j]);
-                isum += i32::from(blk[4 + j] >> 4) * i32::from(ab.qs[j + 16]);
+/// ggml's `hsum_float_8` of eight lanes.
+pub(crate) fn hsum8(acc: &[f32; 8]) -> f32 {
+    let v: [f32; 4] = std::array::from_fn(|l| acc[l + 4] + acc[l]);
+    (v[0] + v[2]) + (v[1] + v[3])
+}
+
+/// Runs `lanes(super_block, activation_block, row)` (the eight i32 lane sums of one row's
+/// block) through ggml's accumulation for each of the four rows; `min` adds Q4_1's m·s term.
+fn accumulate(
+    group: &[u8],
+    size: usize,
+    a: &[BlockA8],
+    lanes: impl Fn(&[u8], &BlockA8, usize) -> [i32; 8],
+    min: Option<usize>,
+) -> [f32; 4] {
+    std::array::from_fn(|i| {
+        let mut acc = [0f32; 8];
+        let mut summs = 0f32;
+        for (s, ab) in group.chunks_exact(size).zip(a) {
+            let d = f16_at(s, 2 * i) * ab.d;
+            for (acc, lane) in acc.iter_mut().zip(lanes(s, ab, i)) {
+                *acc = (lane as f32).mul_add(d, *acc);
             }
-            f16_at(blk, 0) * ab.d * isum as f32 + f16_at(blk, 2) * ab.s
-        })
-    })
-}
-
-pub(crate) fn q5_0(w: &[u8], row_bytes: usize, a: &[BlockA8]) -> [f32; 4] {
-    std::array::from_fn(|r| {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        row_dot(row, 22, a, |blk, ab| {
-            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-            let mut isum = 0i32;
-            for j in 0..QK / 2 {
-                let lo = i32::from(blk[6 + j] & 15) | (((qh >> j) & 1) << 4) as i32;
-                let hi = i32::from(blk[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as i32;
-                isum += lo * i32::from(ab.qs[j]) + hi * i32::from(ab.qs[j + 16]);
+            if let Some(at) = min {
+                summs = f16_at(s, at + 2 * i).mul_add(ab.s, summs);
             }
-            let d = f16_at(blk, 0);
-            d * ab.d * isum as f32 - 16.0 * d * ab.s
-        })
+        }
+        hsum8(&acc) + summs
     })
 }
 
-pub(crate) fn q8_0(w: &[u8], row_bytes: usize, a: &[BlockA8]) -> [f32; 4] {
-    std::array::from_fn(|r| {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        row_dot(row, 34, a, |blk, ab| {
-            let isum: i32 = blk[2..]
-                .iter()
-                .zip(&ab.qs)
-                .map(|(&q, &x)| i32::from(q as i8) * i32::from(x))
-                .sum();
-            f16_at(blk, 0) * ab.d * isum as f32
-        })
-    })
+/// Lane l sums the products of elements 4l..4l+4 (l < 4: the low half, else the high half).
+fn lanes_of(w: impl Fn(usize) -> i32, ab: &BlockA8) -> [i32; 8] {
+    std::array::from_fn(|l| (4 * l..4 * l + 4).map(|e| w(e) * i32::from(ab.qs[e])).sum())
+}
+
+pub(crate) fn q4_1(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
+    let lanes = |s: &[u8], ab: &BlockA8, i: usize| {
+        let qs = &s[16 + 16 * i..32 + 16 * i];
+        lanes_of(|e| i32::from(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }), ab)
+    };
+    accumulate(group, 80, a, lanes, Some(8))
+}
+
+pub(crate) fn q5_0(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
+    let lanes = |s: &[u8], ab: &BlockA8, i: usize| {
+        let (lo, hi) = (u64_at(s, 8) >> (16 * i), u64_at(s, 16) >> (16 * i));
+        let qs = &s[24 + 16 * i..40 + 16 * i];
+        lanes_of(
+            |e| {
+                let (nib, bit) = match e < 16 {
+                    true => (qs[e] & 15, (lo >> e) & 1),
+                    false => (qs[e - 16] >> 4, (hi >> (e - 16)) & 1),
+                };
+                i32::from(nib) + 16 * bit as i32 - 16
+            },
+            ab,
+        )
+    };
+    accumulate(group, 88, a, lanes, None)
+}
+
+pub(crate) fn q8_0(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
+    let lanes = |s: &[u8], ab: &BlockA8, i: usize| {
+        let (lo, hi) = (&s[8 + 16 * i..24 + 16 * i], &s[72 + 16 * i..88 + 16 * i]);
+        lanes_of(|e| i32::from(if e < 16 { lo[e] } else { hi[e - 16] } as i8), ab)
+    };
+    accumulate(group, 136, a, lanes, None)
 }

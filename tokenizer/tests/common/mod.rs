@@ -3,16 +3,8 @@ use std::path::PathBuf;
 
 /// Fetches (or finds cached and verified) the GGUF of a manifest model.
 pub fn model_path(key: &str) -> PathBuf {
-    let manifest = coe_fetch::Manifest::embedded();
-    let model = manifest.model(key).unwrap_or_else(|e| panic!("{e}"));
-    let dir = coe_fetch::fetch_model(&coe_fetch::coe_home(), model, &mut |_| {})
-        .unwrap_or_else(|e| panic!("fetching {key}: {e}"));
-    let file = model
-        .files
-        .iter()
-        .find(|f| f.name.ends_with(".gguf"))
-        .expect("a GGUF file");
-    dir.join(&file.name)
+    coe_fetch::fetch_gguf(&coe_fetch::coe_home(), key, &mut |_| {})
+        .unwrap_or_else(|e| panic!("fetching {key}: {e}"))
 }
 
 use candle_core::quantized::gguf_file::Content;

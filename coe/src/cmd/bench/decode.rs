@@ -11,7 +11,7 @@ use clap::Args;
 use coe_models::QuantizedModel;
 
 use super::peer::{json_of, llama_cpp_python, peak_rss_bytes};
-use crate::models::{fetch_with_progress, gguf_path, DEFAULT_EXPERTS};
+use crate::models::{gguf_path, DEFAULT_EXPERTS};
 
 #[derive(Args)]
 pub struct DecodeArgs {
@@ -48,7 +48,6 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for expert in &args.experts {
-        fetch_with_progress(&home, expert)?;
         let gguf = gguf_path(&home, expert)?;
         eprintln!("measuring {expert} ...");
         let coe = json_of(

@@ -9,12 +9,7 @@ use tonic::Code;
 
 fn shared_worker() -> &'static TestWorker {
     static WORKER: OnceLock<TestWorker> = OnceLock::new();
-    WORKER.get_or_init(|| {
-        let mut config = worker_config(&[SMOLLM, GEMMA]);
-        config.max_active = 1;
-        config.queue_capacity = 1;
-        TestWorker::start(config)
-    })
+    WORKER.get_or_init(|| TestWorker::start(worker_config(&[SMOLLM, GEMMA])))
 }
 
 async fn ready_client() -> pb::expert_worker_client::ExpertWorkerClient<tonic::transport::Channel> {
@@ -156,7 +151,13 @@ async fn negative_or_nan_sampling_is_invalid_argument() {
 
 #[tokio::test]
 async fn full_queue_is_resource_exhausted() {
-    let mut client = ready_client().await;
+    // A worker of its own: filling the shared one would make the other tests' requests fail.
+    let mut config = worker_config(&[GEMMA]);
+    config.max_active = 1;
+    config.queue_capacity = 1;
+    let worker = TestWorker::start(config);
+    worker.wait_serving(Duration::from_secs(300)).await;
+    let mut client = worker.client().await;
     // One sequence computing (max_active 1) and one waiting (queue 1) fill the expert.
     let long = || request(GEMMA, "Write a very long essay about the sea.", greedy(400));
     let mut first = client.generate(long()).await.unwrap().into_inner();

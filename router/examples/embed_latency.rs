@@ -1,0 +1,68 @@
+//! Measures the MiniLM embedder: p50/p90 latency of one ~24-token query and batch-32 throughput.
+//! Run with `RAYON_NUM_THREADS=2 cargo run --release -p coe-router --example embed_latency`.
+
+use std::time::Instant;
+
+use coe_router::embed::{Embedder, MiniLm};
+
+const QUERY: &str = "How do I configure a reverse proxy in nginx so that websocket connections to my backend stay open?";
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut model = MiniLm::load(&coe_fetch::coe_home())?;
+    let n_tokens = model.tokenize(&[QUERY])?[0].len();
+    for _ in 0..20 {
+        model.embed(&[QUERY])?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        model.embed(&[QUERY])?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "single query ({n_tokens} tokens): min {:.3} ms  p50 {:.3} ms  p90 {:.3} ms  (threads {})",
+        percentile(&mut times, 0.0),
+        percentile(&mut times, 0.5),
+        percentile(&mut times, 0.9),
+        rayon::current_num_threads()
+    );
+
+    let data = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/router/router_train_balanced.jsonl"
+    ))?;
+    let prompts: Vec<String> = data
+        .lines()
+        .take(320)
+        .map(|l| {
+            Ok(serde_json::from_str::<serde_json::Value>(l)?["prompt"]
+                .as_str()
+                .unwrap_or("")
+                .to_string())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let short: Vec<&str> = (0..32).map(|_| QUERY).collect();
+    let t = Instant::now();
+    for _ in 0..10 {
+        model.embed(&short)?;
+    }
+    println!(
+        "batch 32 x {n_tokens} tokens: {:.1} texts/s",
+        320.0 / t.elapsed().as_secs_f64()
+    );
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    for chunk in refs.chunks(32) {
+        model.embed(chunk)?;
+    }
+    println!(
+        "batch 32, training prompts: {:.1} texts/s",
+        refs.len() as f64 / t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

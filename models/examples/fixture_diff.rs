@@ -15,7 +15,14 @@ fn main() -> anyhow::Result<()> {
         if only.is_some_and(|o| o != n) {
             continue;
         }
-        let ids = |f: &str| -> Vec<u32> { case[f].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+        let ids = |f: &str| -> Vec<u32> {
+            case[f]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
         let (prompt, greedy) = (ids("prompt_ids"), ids("greedy_ids"));
         let mut cache = m.model.new_cache();
         let mut logits = m.model.forward(&prompt, &mut cache)?;
@@ -25,17 +32,20 @@ fn main() -> anyhow::Result<()> {
         for (step, &want) in greedy.iter().enumerate().take(16) {
             let mut idx: Vec<usize> = (0..logits.len()).collect();
             idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-            let dev = f64::from(logits[want as usize]) - case["top1_logits"][step].as_f64().unwrap_or(f64::NAN);
+            let dev = f64::from(logits[want as usize])
+                - case["top1_logits"][step].as_f64().unwrap_or(f64::NAN);
             sq += dev * dev;
             n_steps += 1;
             worst = worst.max(dev.abs());
             flips += usize::from(idx[0] != want as usize);
-            if !quiet { println!(
+            if !quiet {
+                println!(
                 "  step {step:2}: want {want:6} ({:8.4} margin {:.4}) | ours {:6} {:8.4} 2nd {:6} {:8.4} margin {:.4} | our logit for want {:8.4}",
                 case["top1_logits"][step].as_f64().unwrap_or(f64::NAN),
                 case["margins"][step].as_f64().unwrap_or(f64::NAN),
                 idx[0], logits[idx[0]], idx[1], logits[idx[1]], logits[idx[0]] - logits[idx[1]], logits[want as usize]
-            ); }
+            );
+            }
             logits = m.model.forward(&[want], &mut cache)?;
         }
     }

@@ -63,7 +63,12 @@ fn dot16(q: &[f32], k: &[f16]) -> f32 {
         }
     }
     // Heads that are not a multiple of 16 wide (none of the supported models) add the rest.
-    let tail: f32 = qc.remainder().iter().zip(k.chunks_exact(LANES).remainder()).map(|(a, b)| a * b.to_f32()).sum();
+    let tail: f32 = qc
+        .remainder()
+        .iter()
+        .zip(k.chunks_exact(LANES).remainder())
+        .map(|(a, b)| a * b.to_f32())
+        .sum();
     reduce16(&acc) + tail
 }
 
@@ -99,7 +104,9 @@ pub(crate) fn attention(
                 let at = |t: usize| t * kv_dim + kv_off;
 
                 scores.clear();
-                scores.extend((first..=pos).map(|t| dot16(qh, &cache.k[at(t)..][..hd]) * shape.scale));
+                scores.extend(
+                    (first..=pos).map(|t| dot16(qh, &cache.k[at(t)..][..hd]) * shape.scale),
+                );
                 softmax16(scores, first);
 
                 // Σ p·v with lane l taking the positions t ≡ l (mod 16), as the f16 GEMM does.
@@ -112,7 +119,10 @@ pub(crate) fn attention(
                 }
                 // SAFETY: item (i, h) alone writes this head_dim-long slice of `out`.
                 let o = unsafe {
-                    std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(i * q_dim + h * hd), hd)
+                    std::slice::from_raw_parts_mut(
+                        (out_ptr as *mut f32).add(i * q_dim + h * hd),
+                        hd,
+                    )
                 };
                 for (d, o) in o.iter_mut().enumerate() {
                     *o = reduce16(&std::array::from_fn(|l| lanes[l * hd + d]));

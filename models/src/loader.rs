@@ -62,7 +62,12 @@ impl<'a, R: Read + Seek> TensorSource<'a, R> {
     }
 
     /// A `rows × cols` weight matrix (rows = output features).
-    pub(crate) fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+    pub(crate) fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix, ModelError> {
         let info = self.info(name)?;
         Self::check_shape(name, info, &[rows, cols])?;
         let io = |source| ModelError::Io {
@@ -72,7 +77,9 @@ impl<'a, R: Read + Seek> TensorSource<'a, R> {
         let start = self.content.tensor_data_offset + info.offset;
         self.reader.seek(SeekFrom::Start(start)).map_err(io)?;
         let reader = &mut *self.reader;
-        QMatrix::load(name, info.ggml_dtype, rows, cols, |dst| reader.read_exact(dst).map_err(io))
+        QMatrix::load(name, info.ggml_dtype, rows, cols, |dst| {
+            reader.read_exact(dst).map_err(io)
+        })
     }
 
     /// A vector of `len` values (norm weights, biases) as f32.

@@ -174,9 +174,6 @@ impl RopeTable {
     }
 }
 
-
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +183,10 @@ mod tests {
         for i in -2000..2000 {
             let x = i as f32 * 0.043;
             let (got, want) = (expf(x), x.exp());
-            assert!((got - want).abs() <= 2.5 * f32::EPSILON * want, "{x}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 2.5 * f32::EPSILON * want,
+                "{x}: {got} vs {want}"
+            );
         }
         assert_eq!(expf(-200.0), 0.0);
     }

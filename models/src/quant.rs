@@ -196,7 +196,10 @@ impl QMatrix {
                     let values = dequantize_ggml(dtype, chunk, n * cols)?;
                     requantized.clear();
                     requantized.resize(n * kb * 34, 0u8);
-                    for (x, blk) in values.chunks_exact(QK).zip(requantized.chunks_exact_mut(34)) {
+                    for (x, blk) in values
+                        .chunks_exact(QK)
+                        .zip(requantized.chunks_exact_mut(34))
+                    {
                         quantize_q8_0_block(x, blk);
                     }
                     (&requantized[..], kb * 34)
@@ -223,7 +226,9 @@ impl QMatrix {
         let (g, i) = (row / ROW_GROUP, row % ROW_GROUP);
         let group = self.group(g);
         let sb = self.format.group_block_bytes();
-        let blocks = group.chunks_exact(sb).zip(out.chunks_exact_mut(self.format.block_elems()));
+        let blocks = group
+            .chunks_exact(sb)
+            .zip(out.chunks_exact_mut(self.format.block_elems()));
         match self.format {
             Format::Q4_1x4 => {
                 for (s, out) in blocks {
@@ -420,7 +425,9 @@ pub(crate) mod tests {
         let mut s = 7u64;
         let mut raw: Vec<u8> = (0..rows * cols / QK * block)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 33) as u8
             })
             .collect();

@@ -193,10 +193,20 @@ mod tests {
         let (rows, cols, m) = (10, 256, 7);
         let raw = random_ggml(block, scales, rows, cols);
         let w = load(dtype, rows, cols, &raw);
-        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
         let mut out = vec![0f32; m * rows];
         let mut acts = Activations::default();
-        matmul(&x, m, &mut acts, &mut [Product { w: &w, out: &mut out }]);
+        matmul(
+            &x,
+            m,
+            &mut acts,
+            &mut [Product {
+                w: &w,
+                out: &mut out,
+            }],
+        );
         // Reference: dequantized weights against the dequantized activations.
         let mut row = vec![0f32; cols];
         for r in 0..m {
@@ -235,7 +245,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn every_simd_level_agrees_with_the_scalar_kernels() {
         let (kb, m) = (8, 5);
-        let x: Vec<f32> = (0..m * kb * 32).map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0).collect();
+        let x: Vec<f32> = (0..m * kb * 32)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0)
+            .collect();
         let mut acts = Activations::default();
         acts.quantize(&x, m, kb * 32, false);
         let a: Vec<*const BlockA8> = (0..m).map(|r| acts.a8[r * kb..].as_ptr()).collect();

@@ -53,7 +53,10 @@ fn lanes_of(w: impl Fn(usize) -> i32, ab: &BlockA8) -> [i32; 8] {
 pub(crate) fn q4_1(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
     let lanes = |s: &[u8], ab: &BlockA8, i: usize| {
         let qs = &s[16 + 16 * i..32 + 16 * i];
-        lanes_of(|e| i32::from(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }), ab)
+        lanes_of(
+            |e| i32::from(if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }),
+            ab,
+        )
     };
     accumulate(group, 80, a, lanes, Some(8))
 }
@@ -79,7 +82,10 @@ pub(crate) fn q5_0(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
 pub(crate) fn q8_0(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
     let lanes = |s: &[u8], ab: &BlockA8, i: usize| {
         let (lo, hi) = (&s[8 + 16 * i..24 + 16 * i], &s[72 + 16 * i..88 + 16 * i]);
-        lanes_of(|e| i32::from(if e < 16 { lo[e] } else { hi[e - 16] } as i8), ab)
+        lanes_of(
+            |e| i32::from(if e < 16 { lo[e] } else { hi[e - 16] } as i8),
+            ab,
+        )
     };
     accumulate(group, 136, a, lanes, None)
 }

@@ -50,7 +50,12 @@ unsafe fn lane_sums(lo: __m256, hi: __m256) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn body<const VNNI: bool>(kind: Kind, w: *const u8, kb: usize, a: *const BlockA8) -> [f32; 4] {
+unsafe fn body<const VNNI: bool>(
+    kind: Kind,
+    w: *const u8,
+    kb: usize,
+    a: *const BlockA8,
+) -> [f32; 4] {
     // SAFETY: `w` holds `kb` super-blocks of `kind` and `a` `kb` activation blocks.
     unsafe {
         let nib = _mm256_set1_epi8(0x0f);
@@ -91,7 +96,10 @@ unsafe fn body<const VNNI: bool>(kind: Kind, w: *const u8, kb: usize, a: *const 
                             // ggml's trick: OR 0xF0 where the fifth bit is clear gives q − 16.
                             for (part, mask_at) in [(0, 8), (1, 16)] {
                                 let bits = s.add(mask_at + 4 * h).cast::<u32>().read_unaligned();
-                                q[part] = _mm256_or_si256(q[part], _mm256_andnot_si256(bytes_from_bits(bits), high));
+                                q[part] = _mm256_or_si256(
+                                    q[part],
+                                    _mm256_andnot_si256(bytes_from_bits(bits), high),
+                                );
                             }
                         }
                         q
@@ -106,7 +114,10 @@ unsafe fn body<const VNNI: bool>(kind: Kind, w: *const u8, kb: usize, a: *const 
                     let lanes = match kind {
                         Kind::Q4_1 => dot::<VNNI>(q[part], av),
                         // Signed × signed through the unsigned multiply: |w| · (x with w's sign).
-                        _ => dot::<VNNI>(_mm256_sign_epi8(q[part], q[part]), _mm256_sign_epi8(av, q[part])),
+                        _ => dot::<VNNI>(
+                            _mm256_sign_epi8(q[part], q[part]),
+                            _mm256_sign_epi8(av, q[part]),
+                        ),
                     };
                     acc[h][part] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[h][part]);
                 }
@@ -118,8 +129,14 @@ unsafe fn body<const VNNI: bool>(kind: Kind, w: *const u8, kb: usize, a: *const 
         }
         // Row sums sit in elements 0 (row 2h) and 4 (row 2h+1) of each half's lane sums.
         let pick = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
-        let s01 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(lane_sums(acc[0][0], acc[0][1]), pick));
-        let s23 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(lane_sums(acc[1][0], acc[1][1]), pick));
+        let s01 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(
+            lane_sums(acc[0][0], acc[0][1]),
+            pick,
+        ));
+        let s23 = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(
+            lane_sums(acc[1][0], acc[1][1]),
+            pick,
+        ));
         let sums = _mm_movelh_ps(s01, s23);
         let mut out = [0f32; 4];
         _mm_storeu_ps(out.as_mut_ptr(), _mm_add_ps(sums, summs));
@@ -155,7 +172,13 @@ unsafe fn run_vnni(kind: Kind, w: *const u8, kb: usize, a: *const BlockA8) -> [f
 ///
 /// # Safety
 /// As for [`super::tile`], with an AVX2 CPU (AVX-VNNI too when `vnni`).
-pub(super) unsafe fn row(vnni: bool, kind: Kind, w: *const u8, kb: usize, a: *const BlockA8) -> [f32; 4] {
+pub(super) unsafe fn row(
+    vnni: bool,
+    kind: Kind,
+    w: *const u8,
+    kb: usize,
+    a: *const BlockA8,
+) -> [f32; 4] {
     // SAFETY: forwarded from the caller.
     unsafe {
         match vnni {

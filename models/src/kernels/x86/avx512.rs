@@ -27,7 +27,12 @@ unsafe fn row_sums(lo: __m512, hi: __m512) -> __m128 {
 }
 
 #[inline(always)]
-unsafe fn body<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: [*const BlockA8; R]) -> [[f32; 4]; R] {
+unsafe fn body<const R: usize>(
+    kind: Kind,
+    w: *const u8,
+    kb: usize,
+    a: [*const BlockA8; R],
+) -> [[f32; 4]; R] {
     // SAFETY: `w` holds `kb` super-blocks of `kind` and each a[r] `kb` activation blocks.
     unsafe {
         let nib = _mm512_set1_epi8(0x0f);
@@ -81,7 +86,8 @@ unsafe fn body<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: [*const B
             for r in 0..R {
                 let ab = &*a[r].add(b);
                 let mut alo = _mm512_broadcast_i32x4(_mm_loadu_si128(ab.qs.as_ptr().cast()));
-                let mut ahi = _mm512_broadcast_i32x4(_mm_loadu_si128(ab.qs.as_ptr().add(16).cast()));
+                let mut ahi =
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(ab.qs.as_ptr().add(16).cast()));
                 if kind != Kind::Q4_1 {
                     alo = _mm512_mask_sub_epi8(alo, neg_lo, zero, alo);
                     ahi = _mm512_mask_sub_epi8(ahi, neg_hi, zero, ahi);
@@ -106,7 +112,12 @@ unsafe fn body<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: [*const B
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-unsafe fn run<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: [*const BlockA8; R]) -> [[f32; 4]; R] {
+unsafe fn run<const R: usize>(
+    kind: Kind,
+    w: *const u8,
+    kb: usize,
+    a: [*const BlockA8; R],
+) -> [[f32; 4]; R] {
     // SAFETY: forwarded from `tile`'s caller.
     unsafe {
         match kind {
@@ -120,7 +131,12 @@ unsafe fn run<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: [*const Bl
 
 /// # Safety
 /// As for [`super::tile`], with an AVX512-VNNI CPU and `a.len() == R`.
-pub(super) unsafe fn tile<const R: usize>(kind: Kind, w: *const u8, kb: usize, a: &[*const BlockA8]) -> [[f32; 4]; R] {
+pub(super) unsafe fn tile<const R: usize>(
+    kind: Kind,
+    w: *const u8,
+    kb: usize,
+    a: &[*const BlockA8],
+) -> [[f32; 4]; R] {
     // SAFETY: forwarded from the caller.
     unsafe { run::<R>(kind, w, kb, std::array::from_fn(|r| a[r])) }
 }

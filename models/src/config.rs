@@ -118,6 +118,13 @@ impl ModelConfig {
                 ),
             });
         }
+        // Attention accumulates heads in 16-wide lanes, as llama.cpp's f16 GEMM does.
+        if head_dim == 0 || !head_dim.is_multiple_of(16) {
+            return Err(ModelError::InvalidMetadata {
+                key: key("attention.key_length"),
+                reason: format!("heads of {head_dim} values are not a multiple of 16"),
+            });
+        }
         let rope_dim = meta
             .opt_usize(&key("rope.dimension_count"))?
             .unwrap_or(head_dim);
@@ -192,7 +199,8 @@ impl ModelConfig {
 
     /// Whether `layer` attends only to the last `sliding_window` positions.
     pub fn is_sliding_layer(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && (layer + 1) % self.sliding_window_pattern.max(1) != 0
+        self.sliding_window.is_some()
+            && !(layer + 1).is_multiple_of(self.sliding_window_pattern.max(1))
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
 
 use crate::attention::{attention, round_queries, AttnShape};
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, ModelConfig};
 use crate::kernels::{matmul, Product};
 use crate::loader::TensorSource;
@@ -87,9 +87,10 @@ impl Scratch {
 
 impl QuantizedModel {
     /// Builds the model from a parsed GGUF. `reader` gives the tensor bytes (a `File` or a
-    /// `Cursor` over bytes staged in memory); each tensor is read once, straight into the buffer
-    /// the model keeps. `max_context` caps the context: rope tables and caches are sized to
-    /// min(trained context, max_context).
+    /// `Cursor` over bytes staged in memory); each tensor is read once, a few hundred rows at a
+    /// time, and repacked into the buffers the model keeps. `max_context` caps the context:
+    /// rope tables and caches are sized to min(trained context, max_context). Only
+    /// `Device::Cpu` is supported.
     pub fn from_gguf<R: Read + Seek>(
         content: &Content,
         reader: &mut R,
@@ -255,8 +256,9 @@ impl QuantizedModel {
         let mut scratch = Scratch::new(c, tokens.len().min(PREFILL_CHUNK));
         let mut chunks = tokens.chunks(PREFILL_CHUNK).peekable();
         while let Some(chunk) = chunks.next() {
-            self.run_layers(chunk, cache, &mut scratch);
-            if chunks.peek().is_none() {
+            let last = chunks.peek().is_none();
+            self.run_layers(chunk, cache, &mut scratch, last);
+            if last {
                 return Ok(self.logits(chunk.len() - 1, &mut scratch));
             }
         }
@@ -264,11 +266,12 @@ impl QuantizedModel {
     }
 
     /// Runs one chunk of tokens through every layer, leaving the final hidden states in `s.x`.
-    fn run_layers(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch) {
+    /// With `last_only`, the last layer finishes only the last token: the others' outputs
+    /// feed nothing (their keys and values are cached before that point).
+    fn run_layers(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch, last_only: bool) {
         let c = &self.config;
         let rows = tokens.len();
-        let (hidden, hd) = (c.hidden_size, c.head_dim);
-        let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let hidden = c.hidden_size;
         let start = cache.len();
         cache.reserve(rows);
 
@@ -280,145 +283,151 @@ impl QuantizedModel {
             let scale = (hidden as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= scale);
         }
-
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let eps = c.rms_norm_eps;
-            let (x, h) = (&mut s.x[..rows * hidden], &mut s.h[..rows * hidden]);
-            for (xr, hr) in x.chunks_exact(hidden).zip(h.chunks_exact_mut(hidden)) {
-                rms_norm(xr, &layer.attn_norm, eps, hr);
-            }
-            let (q, k, v) = (
-                &mut s.q[..rows * q_dim],
-                &mut s.k[..rows * kv_dim],
-                &mut s.v[..rows * kv_dim],
-            );
-            matmul(
-                h,
-                rows,
-                &mut s.acts,
-                &mut [
-                    Product {
-                        w: &layer.wq,
-                        out: q,
-                    },
-                    Product {
-                        w: &layer.wk,
-                        out: k,
-                    },
-                    Product {
-                        w: &layer.wv,
-                        out: v,
-                    },
-                ],
-            );
-            if let Some([bq, bk, bv]) = &layer.biases {
-                q.chunks_exact_mut(q_dim).for_each(|r| add_in_place(r, bq));
-                k.chunks_exact_mut(kv_dim).for_each(|r| add_in_place(r, bk));
-                v.chunks_exact_mut(kv_dim).for_each(|r| add_in_place(r, bv));
-            }
-            if let Some([qn, kn]) = &layer.qk_norm {
-                q.chunks_exact_mut(hd)
-                    .for_each(|head| rms_norm_in_place(head, qn, eps));
-                k.chunks_exact_mut(hd)
-                    .for_each(|head| rms_norm_in_place(head, kn, eps));
-            }
-            let rope = match (layer.sliding, &self.rope_local) {
-                (true, Some(local)) => local,
-                _ => &self.rope_global,
+        let n_layers = self.layers.len();
+        for (l, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let outputs = match last_only && l + 1 == n_layers {
+                true => rows - 1..rows,
+                false => 0..rows,
             };
-            for i in 0..rows {
-                rope.apply(
-                    &mut q[i * q_dim..(i + 1) * q_dim],
-                    hd,
-                    start + i,
-                    c.rope_style,
-                );
-                rope.apply(
-                    &mut k[i * kv_dim..(i + 1) * kv_dim],
-                    hd,
-                    start + i,
-                    c.rope_style,
-                );
-            }
-            kv.append(k, v);
-            // gemma3 scales queries before q·k, the others scale the scores; the two differ
-            // only in where llama.cpp's f16 rounding of the queries falls.
-            let scale = match c.architecture {
-                Architecture::Gemma3 => {
-                    q.iter_mut().for_each(|v| *v *= c.query_scale);
-                    1.0
-                }
-                Architecture::Llama | Architecture::Qwen2 => c.query_scale,
-            };
-            round_queries(q);
-            let shape = AttnShape {
-                num_heads: c.num_heads,
-                num_kv_heads: c.num_kv_heads,
-                head_dim: hd,
-                window: c.sliding_window.filter(|_| layer.sliding),
-                scale,
-            };
-            let attn = &mut s.attn[..rows * q_dim];
-            attention(q, kv, start, rows, &shape, attn);
-
-            let o = &mut s.o[..rows * hidden];
-            matmul(
-                attn,
-                rows,
-                &mut s.acts,
-                &mut [Product {
-                    w: &layer.wo,
-                    out: o,
-                }],
-            );
-            if let Some(norm) = &layer.post_attn_norm {
-                o.chunks_exact_mut(hidden)
-                    .for_each(|r| rms_norm_in_place(r, norm, eps));
-            }
-            add_in_place(x, o);
-
-            for (xr, hr) in x.chunks_exact(hidden).zip(h.chunks_exact_mut(hidden)) {
-                rms_norm(xr, &layer.ffn_norm, eps, hr);
-            }
-            let (gate, up) = (
-                &mut s.gate[..rows * c.ffn_size],
-                &mut s.up[..rows * c.ffn_size],
-            );
-            matmul(
-                h,
-                rows,
-                &mut s.acts,
-                &mut [
-                    Product {
-                        w: &layer.w_gate,
-                        out: gate,
-                    },
-                    Product {
-                        w: &layer.w_up,
-                        out: up,
-                    },
-                ],
-            );
-            match c.architecture {
-                Architecture::Gemma3 => gelu_mul(gate, up),
-                Architecture::Llama | Architecture::Qwen2 => silu_mul(gate, up),
-            }
-            matmul(
-                gate,
-                rows,
-                &mut s.acts,
-                &mut [Product {
-                    w: &layer.w_down,
-                    out: o,
-                }],
-            );
-            if let Some(norm) = &layer.post_ffn_norm {
-                o.chunks_exact_mut(hidden)
-                    .for_each(|r| rms_norm_in_place(r, norm, eps));
-            }
-            add_in_place(x, o);
+            self.layer(layer, kv, s, start, rows, outputs);
         }
         cache.advance(rows);
+    }
+
+    /// One decoder layer over `rows` tokens at positions `start..`: caches the keys and values
+    /// of all of them and updates the hidden states of the rows in `outputs`.
+    fn layer(
+        &self,
+        layer: &Layer,
+        kv: &mut LayerCache,
+        s: &mut Scratch,
+        start: usize,
+        rows: usize,
+        outputs: std::ops::Range<usize>,
+    ) {
+        let c = &self.config;
+        let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
+        let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let (x, h) = (&mut s.x[..rows * hidden], &mut s.h[..rows * hidden]);
+        for (xr, hr) in x.chunks_exact(hidden).zip(h.chunks_exact_mut(hidden)) {
+            rms_norm(xr, &layer.attn_norm, eps, hr);
+        }
+        let q = &mut s.q[..rows * q_dim];
+        let (k, v) = (&mut s.k[..rows * kv_dim], &mut s.v[..rows * kv_dim]);
+        let mut products = [
+            Product {
+                w: &layer.wq,
+                out: q,
+            },
+            Product {
+                w: &layer.wk,
+                out: k,
+            },
+            Product {
+                w: &layer.wv,
+                out: v,
+            },
+        ];
+        matmul(h, rows, &mut s.acts, &mut products);
+        let [q, k, v] = products.map(|p| p.out);
+        if let Some([bq, bk, bv]) = &layer.biases {
+            q.chunks_exact_mut(q_dim).for_each(|r| add_in_place(r, bq));
+            k.chunks_exact_mut(kv_dim).for_each(|r| add_in_place(r, bk));
+            v.chunks_exact_mut(kv_dim).for_each(|r| add_in_place(r, bv));
+        }
+        if let Some([qn, kn]) = &layer.qk_norm {
+            q.chunks_exact_mut(hd)
+                .for_each(|head| rms_norm_in_place(head, qn, eps));
+            k.chunks_exact_mut(hd)
+                .for_each(|head| rms_norm_in_place(head, kn, eps));
+        }
+        let rope = match (layer.sliding, &self.rope_local) {
+            (true, Some(local)) => local,
+            _ => &self.rope_global,
+        };
+        for (i, (qr, kr)) in q
+            .chunks_exact_mut(q_dim)
+            .zip(k.chunks_exact_mut(kv_dim))
+            .enumerate()
+        {
+            rope.apply(qr, hd, start + i, c.rope_style);
+            rope.apply(kr, hd, start + i, c.rope_style);
+        }
+        kv.append(k, v);
+
+        let n = outputs.len();
+        let q = &mut q[outputs.start * q_dim..outputs.end * q_dim];
+        // gemma3 scales queries before q·k, the others scale the scores; the two differ only
+        // in where llama.cpp's f16 rounding of the queries falls.
+        let scale = match c.architecture {
+            Architecture::Gemma3 => {
+                q.iter_mut().for_each(|v| *v *= c.query_scale);
+                1.0
+            }
+            Architecture::Llama | Architecture::Qwen2 => c.query_scale,
+        };
+        round_queries(q);
+        let shape = AttnShape {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            window: c.sliding_window.filter(|_| layer.sliding),
+            scale,
+        };
+        let attn = &mut s.attn[..n * q_dim];
+        attention(q, kv, start + outputs.start, n, &shape, attn);
+
+        let x = &mut s.x[outputs.start * hidden..outputs.end * hidden];
+        let (h, o) = (&mut s.h[..n * hidden], &mut s.o[..n * hidden]);
+        matmul(
+            attn,
+            n,
+            &mut s.acts,
+            &mut [Product {
+                w: &layer.wo,
+                out: o,
+            }],
+        );
+        if let Some(norm) = &layer.post_attn_norm {
+            o.chunks_exact_mut(hidden)
+                .for_each(|r| rms_norm_in_place(r, norm, eps));
+        }
+        add_in_place(x, o);
+
+        for (xr, hr) in x.chunks_exact(hidden).zip(h.chunks_exact_mut(hidden)) {
+            rms_norm(xr, &layer.ffn_norm, eps, hr);
+        }
+        let (gate, up) = (&mut s.gate[..n * c.ffn_size], &mut s.up[..n * c.ffn_size]);
+        let mut products = [
+            Product {
+                w: &layer.w_gate,
+                out: gate,
+            },
+            Product {
+                w: &layer.w_up,
+                out: up,
+            },
+        ];
+        matmul(h, n, &mut s.acts, &mut products);
+        let [gate, up] = products.map(|p| p.out);
+        match c.architecture {
+            Architecture::Gemma3 => gelu_mul(gate, up),
+            Architecture::Llama | Architecture::Qwen2 => silu_mul(gate, up),
+        }
+        matmul(
+            gate,
+            n,
+            &mut s.acts,
+            &mut [Product {
+                w: &layer.w_down,
+                out: o,
+            }],
+        );
+        if let Some(norm) = &layer.post_ffn_norm {
+            o.chunks_exact_mut(hidden)
+                .for_each(|r| rms_norm_in_place(r, norm, eps));
+        }
+        add_in_place(x, o);
     }
 
     /// Logits of chunk row `row` from the final hidden states in `s.x`.

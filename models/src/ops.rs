@@ -68,16 +68,20 @@ pub(crate) fn expf(x: f32) -> f32 {
         .mul_add(b, c(0x3d2b_9f17))
         .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)));
     let j = j.mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
-    // j · 2^n (vscalefps), exact while 2^n is a normal float; beyond ±192 ggml returns 0 or ∞.
+    // j · 2^n (vscalefps) in two exact steps; beyond ±192 ggml returns 0 or ∞. Selects rather
+    // than an early return keep loops over this function vectorizable.
+    let ni = n.clamp(-192.0, 192.0) as i32;
+    let half = ni >> 1;
+    let r = j * pow2(half) * pow2(ni - half);
+    let out_of_range = if n <= 0.0 { 0.0 } else { f32::INFINITY };
     if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+        out_of_range
+    } else {
+        r
     }
-    let ni = n as i32;
-    let half = ni / 2;
-    j * pow2(half) * pow2(ni - half)
 }
 
-/// 2^e for |e| ≤ 126.
+/// 2^e for |e| ≤ 126 (the callers keep |e| ≤ 96).
 #[inline]
 fn pow2(e: i32) -> f32 {
     f32::from_bits(((e + 127) as u32) << 23)

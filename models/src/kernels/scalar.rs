@@ -89,3 +89,81 @@ pub(crate) fn q8_0(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
     };
     accumulate(group, 136, a, lanes, None)
 }
+
+/// Lane l's integer sum over columns 4l..4l+4 of the low half and, when `hi` is given, the
+/// same columns of the high half (one vpdpbusd chain).
+fn lane(
+    l: usize,
+    lo: impl Fn(usize) -> i32,
+    hi: Option<&dyn Fn(usize) -> i32>,
+    ab: &BlockA8,
+) -> i32 {
+    (4 * l..4 * l + 4)
+        .map(|k| lo(k) * i32::from(ab.qs[k]) + hi.map_or(0, |h| h(k) * i32::from(ab.qs[k + 16])))
+        .sum()
+}
+
+/// The 32 values of nibble byte k of `q` (16 bytes): low half column k, high half k + 16.
+fn nib(q: &[u8], k: usize) -> i32 {
+    i32::from(if k < 16 { q[k] & 15 } else { q[k - 16] >> 4 })
+}
+
+/// `Q4Kx4` against Q8_K-rounded activation blocks, in the SIMD kernel's order.
+pub(crate) fn q4k(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
+    std::array::from_fn(|i| {
+        let (mut acc, mut mins) = ([0f32; 4], 0f32);
+        for (s, ab) in group.chunks_exact(592).zip(a.chunks_exact(8)) {
+            let (d, dmin) = (f16_at(s, 2 * i), f16_at(s, 8 + 2 * i));
+            let mut tmp = [0f32; 4];
+            for (j, ab) in ab.iter().enumerate() {
+                let q = &s[80 + 64 * j + 16 * i..][..16];
+                let scale = d * f32::from(s[16 + 4 * j + i]);
+                for (l, t) in tmp.iter_mut().enumerate() {
+                    let hi = |k: usize| nib(q, k + 16);
+                    *t = (lane(l, |k| nib(q, k), Some(&hi), ab) as f32).mul_add(scale, *t);
+                }
+                mins = (dmin * f32::from(s[48 + 4 * j + i])).mul_add(ab.s, mins);
+            }
+            for (acc, t) in acc.iter_mut().zip(tmp) {
+                *acc = t.mul_add(ab[0].d, *acc);
+            }
+        }
+        ((acc[0] + acc[2]) + (acc[1] + acc[3])) - mins
+    })
+}
+
+/// `Q6Kx4` against Q8_K-rounded activation blocks, in the SIMD kernel's order.
+pub(crate) fn q6k(group: &[u8], a: &[BlockA8]) -> [f32; 4] {
+    std::array::from_fn(|i| {
+        let mut acc = [0f32; 4];
+        for (s, ab) in group.chunks_exact(840).zip(a.chunks_exact(8)) {
+            let d = f16_at(s, 2 * i);
+            let mut tmp = [0f32; 4];
+            for (j, ab) in ab.iter().enumerate() {
+                let at = 72 + 96 * j;
+                let q = |k: usize| {
+                    let plane = if k < 16 {
+                        at + 64 + k
+                    } else {
+                        at + 80 + k - 16
+                    };
+                    nib(&s[at + 16 * i..][..16], k) + (i32::from((s[plane] >> (2 * i)) & 3) << 4)
+                        - 32
+                };
+                let scales = [s[8 + 8 * j + i] as i8, s[12 + 8 * j + i] as i8];
+                for (l, t) in tmp.iter_mut().enumerate() {
+                    let lo = lane(l, q, None, ab) as f32;
+                    let hi = (4 * l..4 * l + 4)
+                        .map(|k| q(k + 16) * i32::from(ab.qs[k + 16]))
+                        .sum::<i32>() as f32;
+                    *t = lo.mul_add(d * f32::from(scales[0]), *t);
+                    *t = hi.mul_add(d * f32::from(scales[1]), *t);
+                }
+            }
+            for (acc, t) in acc.iter_mut().zip(tmp) {
+                *acc = t.mul_add(ab[0].d, *acc);
+            }
+        }
+        (acc[0] + acc[2]) + (acc[1] + acc[3])
+    })
+}

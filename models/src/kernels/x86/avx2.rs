@@ -68,7 +68,7 @@ unsafe fn body<const VNNI: bool>(
         let size = match kind {
             Kind::Q4_1 => 80,
             Kind::Q5_0 => 88,
-            Kind::Q8_0 => 136,
+            _ => 136,
         };
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];
         let mut summs = _mm_setzero_ps();
@@ -104,7 +104,7 @@ unsafe fn body<const VNNI: bool>(
                         }
                         q
                     }
-                    Kind::Q8_0 => [
+                    _ => [
                         _mm256_loadu_si256(s.add(8 + 32 * h).cast()),
                         _mm256_loadu_si256(s.add(72 + 32 * h).cast()),
                     ],
@@ -152,6 +152,7 @@ unsafe fn run_avx2(kind: Kind, w: *const u8, kb: usize, a: *const BlockA8) -> [f
             Kind::Q4_1 => body::<false>(Kind::Q4_1, w, kb, a),
             Kind::Q5_0 => body::<false>(Kind::Q5_0, w, kb, a),
             Kind::Q8_0 => body::<false>(Kind::Q8_0, w, kb, a),
+            Kind::Q4K | Kind::Q6K => unreachable!("checked by super::tile"),
         }
     }
 }
@@ -164,6 +165,7 @@ unsafe fn run_vnni(kind: Kind, w: *const u8, kb: usize, a: *const BlockA8) -> [f
             Kind::Q4_1 => body::<true>(Kind::Q4_1, w, kb, a),
             Kind::Q5_0 => body::<true>(Kind::Q5_0, w, kb, a),
             Kind::Q8_0 => body::<true>(Kind::Q8_0, w, kb, a),
+            Kind::Q4K | Kind::Q6K => unreachable!("checked by super::tile"),
         }
     }
 }

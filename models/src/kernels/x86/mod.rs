@@ -46,6 +46,9 @@ pub(crate) enum Kind {
     Q4_1,
     Q5_0,
     Q8_0,
+    /// Repacked k-quants: AVX512 only (the loader keeps ggml's layout on other CPUs).
+    Q4K,
+    Q6K,
 }
 
 /// Multiplies the four rows of one weight group (`kb` super-blocks at `w`) with each activation
@@ -63,6 +66,10 @@ pub(crate) unsafe fn tile(
     out: &mut [[f32; 4]],
 ) {
     if level != Level::Avx512Vnni {
+        assert!(
+            !matches!(kind, Kind::Q4K | Kind::Q6K),
+            "repacked k-quants are only loaded on AVX512 CPUs"
+        );
         // 256-bit registers hold the accumulators of one activation row only.
         for (o, &a) in out.iter_mut().zip(a) {
             // SAFETY: forwarded from the caller.

@@ -1,11 +1,17 @@
-//! Quantized weight matrices as the kernels read them. The 32-wide ggml formats are repacked at
-//! load into "x4" super-blocks that interleave one block of four consecutive rows, so that one
-//! 64-byte vector holds the same 32 columns of four rows; k-quants keep ggml's row layout.
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8K, GgmlType};
+//! Quantized weight matrices as the kernels read them. ggml's blocks are repacked at load into
+//! "x4" super-blocks that interleave one block of four consecutive rows (see [`layout`]), so
+//! that one 64-byte vector holds the same columns of four rows. Without AVX512 the k-quants
+//! keep ggml's row layout and candle's kernels.
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, GgmlType};
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use crate::ModelError;
+
+mod activations;
+mod layout;
+
+pub(crate) use activations::{Activations, BlockA8, Needs};
 
 /// Elements per block of the 32-wide formats.
 pub(crate) const QK: usize = 32;
@@ -14,26 +20,25 @@ pub(crate) const QK_K: usize = 256;
 /// Rows per super-block; matrices are padded to a multiple of this.
 pub(crate) const ROW_GROUP: usize = 4;
 
-/// Layouts the kernels work on. Per super-block (one 32-column block of four rows):
-/// - `Q4_1x4`: d[4] f16, m[4] f16, qs[4][16] nibbles; w = d·q + m (Q4_0 becomes m = −8d).
-/// - `Q5_0x4`: d[4] f16, u64 mask of the 5th bits of the low halves (bit 16·row + j), the same
-///   for the high halves, qs[4][16] nibbles; w = d·(q − 16).
-/// - `Q8_0x4`: d[4] f16, columns 0..16 of the four rows (i8), then columns 16..32.
-/// - `Q4K` / `Q6K`: ggml's blocks, rows contiguous (kernels from candle).
+/// Layouts the kernels work on (see [`layout`] for the x4 super-blocks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     Q4_1x4,
     Q5_0x4,
     Q8_0x4,
+    Q4Kx4,
+    Q6Kx4,
+    /// ggml's Q4_K blocks, rows contiguous (candle's kernels).
     Q4K,
+    /// ggml's Q6_K blocks, rows contiguous (candle's kernels).
     Q6K,
 }
 
 impl Format {
     pub(crate) fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q6K => QK_K,
-            _ => QK,
+            Self::Q4_1x4 | Self::Q5_0x4 | Self::Q8_0x4 => QK,
+            _ => QK_K,
         }
     }
 
@@ -43,14 +48,21 @@ impl Format {
             Self::Q4_1x4 => 80,
             Self::Q5_0x4 => 88,
             Self::Q8_0x4 => 136,
+            Self::Q4Kx4 => 592,
+            Self::Q6Kx4 => 840,
             Self::Q4K => ROW_GROUP * std::mem::size_of::<BlockQ4K>(),
             Self::Q6K => ROW_GROUP * std::mem::size_of::<BlockQ6K>(),
         }
     }
 
-    /// Whether activations must be quantized to 256-wide `BlockQ8K` for this format.
-    pub(crate) fn is_k_quant(self) -> bool {
-        matches!(self, Self::Q4K | Self::Q6K)
+    /// The activation rounding this format's kernels read.
+    pub(crate) fn needs(self) -> Needs {
+        let none = Needs::default();
+        match self {
+            Self::Q4_1x4 | Self::Q5_0x4 | Self::Q8_0x4 => Needs { a8: true, ..none },
+            Self::Q4Kx4 | Self::Q6Kx4 => Needs { k8: true, ..none },
+            Self::Q4K | Self::Q6K => Needs { ak: true, ..none },
+        }
     }
 }
 
@@ -107,6 +119,9 @@ pub(crate) struct QMatrix {
     pub(crate) data: Bytes,
 }
 
+/// Packs one block of four rows (ggml blocks) into a super-block.
+type Repack = fn(&[&[u8]; 4], &mut [u8]);
+
 /// Rows repacked per read while loading: bounds the staging buffer.
 const LOAD_CHUNK_ROWS: usize = 256;
 
@@ -147,19 +162,33 @@ impl QMatrix {
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
+        read: impl FnMut(&mut [u8]) -> Result<(), ModelError>,
+    ) -> Result<Self, ModelError> {
+        let repack_k = crate::kernels::repack_k_quants();
+        Self::load_as(name, dtype, rows, cols, repack_k, read)
+    }
+
+    /// [`QMatrix::load`] with the k-quant layout chosen by the caller (`repack_k`: x4 blocks
+    /// for coe's AVX512 kernels, else ggml's rows for candle's).
+    pub(crate) fn load_as(
+        name: &str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        repack_k: bool,
         mut read: impl FnMut(&mut [u8]) -> Result<(), ModelError>,
     ) -> Result<Self, ModelError> {
         let bad_shape = || ModelError::UnsupportedTensorType {
             name: name.into(),
             dtype: format!("{dtype:?} with rows of {cols} values"),
         };
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(bad_shape());
         }
         let src_row = cols / dtype.block_size() * dtype.type_size();
         let format = match dtype {
-            GgmlDType::Q4K => Some(Format::Q4K),
-            GgmlDType::Q6K => Some(Format::Q6K),
+            GgmlDType::Q4K if !repack_k => Some(Format::Q4K),
+            GgmlDType::Q6K if !repack_k => Some(Format::Q6K),
             _ => None,
         };
         if let Some(format) = format {
@@ -167,17 +196,19 @@ impl QMatrix {
             read(&mut m.data.as_mut_slice()[..rows * src_row])?;
             return Ok(m);
         }
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(bad_shape());
         }
-        let (format, repack): (Format, fn(&[&[u8]; 4], &mut [u8])) = match dtype {
-            GgmlDType::Q4_0 => (Format::Q4_1x4, repack_q4_0),
-            GgmlDType::Q4_1 => (Format::Q4_1x4, repack_q4_1),
-            GgmlDType::Q5_0 => (Format::Q5_0x4, repack_q5_0),
-            _ => (Format::Q8_0x4, repack_q8_0),
+        let (format, repack): (Format, Repack) = match dtype {
+            GgmlDType::Q4_0 => (Format::Q4_1x4, layout::repack_q4_0),
+            GgmlDType::Q4_1 => (Format::Q4_1x4, layout::repack_q4_1),
+            GgmlDType::Q5_0 => (Format::Q5_0x4, layout::repack_q5_0),
+            GgmlDType::Q4K => (Format::Q4Kx4, layout::repack_q4k),
+            GgmlDType::Q6K => (Format::Q6Kx4, layout::repack_q6k),
+            _ => (Format::Q8_0x4, layout::repack_q8_0),
         };
         let mut m = Self::zeroed(format, rows, cols);
-        let kb = cols / QK;
+        let kb = cols / format.block_elems();
         let sb = format.group_block_bytes();
         let group_bytes = m.group_bytes;
         let dst = m.data.as_mut_slice();
@@ -189,9 +220,12 @@ impl QMatrix {
             read(chunk)?;
             // Formats without a kernel go through f32 to ggml's Q8_0 row layout first.
             let (src, row_bytes): (&[u8], usize) = match dtype {
-                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => {
-                    (chunk, src_row)
-                }
+                GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q8_0
+                | GgmlDType::Q4K
+                | GgmlDType::Q6K => (chunk, src_row),
                 _ => {
                     let values = dequantize_ggml(dtype, chunk, n * cols)?;
                     requantized.clear();
@@ -225,43 +259,12 @@ impl QMatrix {
     pub(crate) fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         let (g, i) = (row / ROW_GROUP, row % ROW_GROUP);
         let group = self.group(g);
-        let sb = self.format.group_block_bytes();
-        let blocks = group
-            .chunks_exact(sb)
-            .zip(out.chunks_exact_mut(self.format.block_elems()));
-        match self.format {
-            Format::Q4_1x4 => {
-                for (s, out) in blocks {
-                    let (d, m) = (f16_at(s, 2 * i), f16_at(s, 8 + 2 * i));
-                    for (j, &q) in s[16 + 16 * i..32 + 16 * i].iter().enumerate() {
-                        out[j] = d * f32::from(q & 15) + m;
-                        out[j + 16] = d * f32::from(q >> 4) + m;
-                    }
-                }
-            }
-            Format::Q5_0x4 => {
-                for (s, out) in blocks {
-                    let d = f16_at(s, 2 * i);
-                    let lo = u64::from_le_bytes(s[8..16].try_into().unwrap()) >> (16 * i);
-                    let hi = u64::from_le_bytes(s[16..24].try_into().unwrap()) >> (16 * i);
-                    for (j, &q) in s[24 + 16 * i..40 + 16 * i].iter().enumerate() {
-                        let l = (q & 15) | (((lo >> j) & 1) << 4) as u8;
-                        let h = (q >> 4) | (((hi >> j) & 1) << 4) as u8;
-                        out[j] = d * (f32::from(l) - 16.0);
-                        out[j + 16] = d * (f32::from(h) - 16.0);
-                    }
-                }
-            }
-            Format::Q8_0x4 => {
-                for (s, out) in blocks {
-                    let d = f16_at(s, 2 * i);
-                    let lo = &s[8 + 16 * i..24 + 16 * i];
-                    let hi = &s[72 + 16 * i..88 + 16 * i];
-                    for (o, &q) in out.iter_mut().zip(lo.iter().chain(hi)) {
-                        *o = d * f32::from(q as i8);
-                    }
-                }
-            }
+        let f: fn(&[u8], usize, &mut [f32]) = match self.format {
+            Format::Q4_1x4 => layout::dequant_q4_1,
+            Format::Q5_0x4 => layout::dequant_q5_0,
+            Format::Q8_0x4 => layout::dequant_q8_0,
+            Format::Q4Kx4 => layout::dequant_q4k,
+            Format::Q6Kx4 => layout::dequant_q6k,
             Format::Q4K | Format::Q6K => {
                 let row_bytes = self.group_bytes / ROW_GROUP;
                 let bytes = &group[i * row_bytes..(i + 1) * row_bytes];
@@ -273,48 +276,14 @@ impl QMatrix {
                         _ => BlockQ6K::to_float(cast_blocks(bytes), out),
                     }
                 }
+                return;
             }
+        };
+        let sb = self.format.group_block_bytes();
+        let blocks = group.chunks_exact(sb);
+        for (s, out) in blocks.zip(out.chunks_exact_mut(self.format.block_elems())) {
+            f(s, i, out);
         }
-    }
-}
-
-fn repack_q4_1(src: &[&[u8]; 4], dst: &mut [u8]) {
-    for (i, s) in src.iter().enumerate() {
-        dst[2 * i..2 * i + 2].copy_from_slice(&s[0..2]);
-        dst[8 + 2 * i..10 + 2 * i].copy_from_slice(&s[2..4]);
-        dst[16 + 16 * i..32 + 16 * i].copy_from_slice(&s[4..20]);
-    }
-}
-
-fn repack_q4_0(src: &[&[u8]; 4], dst: &mut [u8]) {
-    for (i, s) in src.iter().enumerate() {
-        // w = d·(q − 8) = d·q + (−8d); scaling an f16 by 8 is exact.
-        let d = f16::from_bits(u16::from_le_bytes([s[0], s[1]]));
-        let m = f16::from_f32(-8.0 * d.to_f32());
-        dst[2 * i..2 * i + 2].copy_from_slice(&s[0..2]);
-        dst[8 + 2 * i..10 + 2 * i].copy_from_slice(&m.to_bits().to_le_bytes());
-        dst[16 + 16 * i..32 + 16 * i].copy_from_slice(&s[2..18]);
-    }
-}
-
-fn repack_q5_0(src: &[&[u8]; 4], dst: &mut [u8]) {
-    let (mut lo, mut hi) = (0u64, 0u64);
-    for (i, s) in src.iter().enumerate() {
-        let qh = u32::from_le_bytes([s[2], s[3], s[4], s[5]]);
-        lo |= u64::from(qh & 0xffff) << (16 * i);
-        hi |= u64::from(qh >> 16) << (16 * i);
-        dst[2 * i..2 * i + 2].copy_from_slice(&s[0..2]);
-        dst[24 + 16 * i..40 + 16 * i].copy_from_slice(&s[6..22]);
-    }
-    dst[8..16].copy_from_slice(&lo.to_le_bytes());
-    dst[16..24].copy_from_slice(&hi.to_le_bytes());
-}
-
-fn repack_q8_0(src: &[&[u8]; 4], dst: &mut [u8]) {
-    for (i, s) in src.iter().enumerate() {
-        dst[2 * i..2 * i + 2].copy_from_slice(&s[0..2]);
-        dst[8 + 16 * i..24 + 16 * i].copy_from_slice(&s[2..18]);
-        dst[72 + 16 * i..88 + 16 * i].copy_from_slice(&s[18..34]);
     }
 }
 
@@ -336,10 +305,6 @@ pub(crate) fn dequantize_ggml(
     Ok(t.dequantize(&candle_core::Device::Cpu)?.to_vec1::<f32>()?)
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
-}
-
 /// ggml's reference Q8_0 quantization of one 32-value block into `dst` (34 bytes).
 fn quantize_q8_0_block(x: &[f32], dst: &mut [u8]) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -348,61 +313,6 @@ fn quantize_q8_0_block(x: &[f32], dst: &mut [u8]) {
     dst[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
     for (q, v) in dst[2..].iter_mut().zip(x) {
         *q = (v * id).round() as i8 as u8;
-    }
-}
-
-/// One 32-value block of an activation row, quantized to int8 for the integer kernels.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(crate) struct BlockA8 {
-    pub(crate) d: f32,
-    /// d · Σqs, which folds the offset/min term of asymmetric weight formats into one product.
-    pub(crate) s: f32,
-    pub(crate) qs: [i8; QK],
-}
-
-impl BlockA8 {
-    fn quantize(x: &[f32]) -> Self {
-        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        // 127/amax rather than 1/d: the two differ in the last bit, which flips roundings.
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(x) {
-            // Ties to even, like the AVX path of llama.cpp's quantize_row_q8_0.
-            *q = (v * id).round_ties_even() as i8;
-            sum += i32::from(*q);
-        }
-        // llama.cpp stores both scales as f16 (block_q8_0 / block_q8_1); products with the
-        // rounded values keep our logits within rounding noise of its.
-        Self {
-            d: f16::from_f32(d).to_f32(),
-            s: f16::from_f32(d * sum as f32).to_f32(),
-            qs,
-        }
-    }
-}
-
-/// The quantized form of `rows` activation rows of `cols` values, in the block formats the
-/// weights of the next products need; reused between calls to avoid reallocating.
-#[derive(Default)]
-pub(crate) struct Activations {
-    pub(crate) a8: Vec<BlockA8>,
-    pub(crate) ak: Vec<BlockQ8K>,
-}
-
-impl Activations {
-    /// Quantizes `x` (`rows × cols`, row-major); `k_quants` also fills the 256-wide blocks.
-    pub(crate) fn quantize(&mut self, x: &[f32], rows: usize, cols: usize, k_quants: bool) {
-        debug_assert_eq!(x.len(), rows * cols);
-        self.a8.clear();
-        self.a8.extend(x.chunks_exact(QK).map(BlockA8::quantize));
-        self.ak.clear();
-        if k_quants && cols % QK_K == 0 {
-            self.ak.resize(rows * cols / QK_K, BlockQ8K::zeros());
-            BlockQ8K::from_float(x, &mut self.ak);
-        }
     }
 }
 
@@ -420,10 +330,12 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// Random blocks with small valid f16 scales at byte offsets `scales` of each block.
+    /// Random blocks (`block` bytes per 32 values, or per 256 when over 100 bytes) with small
+    /// valid f16 scales at byte offsets `scales` of each block.
     pub(crate) fn random_ggml(block: usize, scales: &[usize], rows: usize, cols: usize) -> Vec<u8> {
+        let per = if block > 100 { QK_K } else { QK };
         let mut s = 7u64;
-        let mut raw: Vec<u8> = (0..rows * cols / QK * block)
+        let mut raw: Vec<u8> = (0..rows * cols / per * block)
             .map(|_| {
                 s = s
                     .wrapping_mul(6364136223846793005)
@@ -442,14 +354,16 @@ pub(crate) mod tests {
 
     #[test]
     fn repacked_rows_dequantize_like_ggml() {
-        for (dtype, block, scales) in [
-            (GgmlDType::Q4_0, 18, &[0usize][..]),
-            (GgmlDType::Q4_1, 20, &[0, 2][..]),
-            (GgmlDType::Q5_0, 22, &[0][..]),
-            (GgmlDType::Q8_0, 34, &[0][..]),
+        for (dtype, block, scales, cols) in [
+            (GgmlDType::Q4_0, 18, &[0usize][..], 96),
+            (GgmlDType::Q4_1, 20, &[0, 2][..], 96),
+            (GgmlDType::Q5_0, 22, &[0][..], 96),
+            (GgmlDType::Q8_0, 34, &[0][..], 96),
+            (GgmlDType::Q4K, 144, &[0, 2][..], 512),
+            (GgmlDType::Q6K, 210, &[208][..], 512),
         ] {
             // 7 rows: the last group is padded.
-            let (rows, cols) = (7, 96);
+            let rows = 7;
             let raw = random_ggml(block, scales, rows, cols);
             let m = load(dtype, rows, cols, &raw);
             let expected = dequantize_ggml(dtype, &raw, rows * cols).unwrap();
@@ -457,19 +371,6 @@ pub(crate) mod tests {
             for r in 0..rows {
                 m.dequantize_row(r, &mut out);
                 assert_eq!(out, expected[r * cols..(r + 1) * cols], "{dtype:?} row {r}");
-            }
-        }
-    }
-
-    #[test]
-    fn activation_blocks_round_trip_within_half_a_step() {
-        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let mut a = Activations::default();
-        a.quantize(&x, 1, 64, false);
-        for (blk, xs) in a.a8.iter().zip(x.chunks_exact(QK)) {
-            // d is rounded to f16 after quantizing: up to 127 · 2⁻¹¹ · d on top of half a step.
-            for (q, v) in blk.qs.iter().zip(xs) {
-                assert!((f32::from(*q) * blk.d - v).abs() <= blk.d * 0.57 + 1e-6);
             }
         }
     }

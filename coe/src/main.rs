@@ -26,6 +26,15 @@ enum Command {
     Ask(cmd::ask::AskArgs),
     /// Fetches and verifies models into the cache.
     Fetch(cmd::fetch::FetchArgs),
+    /// Runs the expert registry alone.
+    Registry(coe_registry::RegistryArgs),
+    /// Adds, removes, lists, shows, pins and moves experts in the registry.
+    Expert(cmd::registry_cli::ExpertArgs),
+    /// Shows, sets and rolls back the category map.
+    Map(cmd::registry_cli::MapArgs),
+    /// Trains and evaluates the router's classifier.
+    #[command(subcommand)]
+    Router(cmd::router_cli::RouterCommand),
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -49,6 +58,12 @@ fn main() -> anyhow::Result<()> {
             Command::Worker(args) => cmd::serve::run(args, "worker").await,
             Command::Ask(args) => cmd::ask::run(args).await,
             Command::Fetch(args) => cmd::fetch::run(args).await,
+            Command::Registry(args) => cmd::registry_cli::run_registry(args).await,
+            Command::Expert(args) => cmd::registry_cli::run_expert(args).await,
+            Command::Map(args) => cmd::registry_cli::run_map(args).await,
+            Command::Router(command) => {
+                tokio::task::spawn_blocking(move || cmd::router_cli::run(command)).await?
+            }
             Command::Bench(command) => cmd::bench::run(command).await,
         }
     })

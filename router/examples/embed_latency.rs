@@ -5,11 +5,23 @@ use std::time::Instant;
 
 use coe_router::embed::{Embedder, MiniLm};
 
-const QUERY: &str = "How do I configure a reverse proxy in nginx so that websocket connections to my backend stay open?";
+const QUERY: &str = "What are the main differences between a process and a thread in operating systems like Linux, macOS and Windows?";
 
 fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[((xs.len() - 1) as f64 * p).round() as usize]
+}
+
+/// CPU time of the whole process: with RAYON_NUM_THREADS=1 it is the compute cost without the time
+/// spent descheduled, which a busy two-core machine adds to wall time.
+fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 fn main() -> anyhow::Result<()> {
@@ -19,10 +31,16 @@ fn main() -> anyhow::Result<()> {
         model.embed(&[QUERY])?;
     }
     let mut times = Vec::new();
-    for _ in 0..300 {
-        let t = Instant::now();
+    let mut cpu = Vec::new();
+    for _ in 0..std::env::var("EMBED_LATENCY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+    {
+        let (t, c) = (Instant::now(), process_cpu_ms());
         model.embed(&[QUERY])?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        cpu.push(process_cpu_ms() - c);
     }
     println!(
         "single query ({n_tokens} tokens): min {:.3} ms  p50 {:.3} ms  p90 {:.3} ms  (threads {})",
@@ -31,7 +49,15 @@ fn main() -> anyhow::Result<()> {
         percentile(&mut times, 0.9),
         rayon::current_num_threads()
     );
+    println!(
+        "  process CPU time p50 {:.3} ms (all threads, spinning included)",
+        percentile(&mut cpu, 0.5)
+    );
 
+    // `embed_latency single` stops here (for profiling the one-query path alone).
+    if std::env::args().nth(1).as_deref() == Some("single") {
+        return Ok(());
+    }
     let data = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../data/router/router_train_balanced.jsonl"

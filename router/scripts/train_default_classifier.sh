@@ -9,5 +9,5 @@ python3 router/scripts/make_synthetic_queries.py
 cargo run --release -p coe-router --example router_cli -- train \
     --data data/router/router_train.jsonl \
     --data data/router/synthetic_short_queries.jsonl \
-    --alpha 30 \
+    --alpha 10 \
     --out "$out" | tee "$out/train_report.txt"

@@ -21,3 +21,18 @@ pub fn default_classifier() -> Result<LinearClassifier, ArtifactError> {
         Path::new(DEFAULT_CLASSIFIER_PATH),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Classifier;
+
+    #[test]
+    fn shipped_classifier_loads_and_expects_the_manifest_minilm() {
+        let c = default_classifier().unwrap();
+        assert_eq!(c.labels().len(), 8);
+        assert_eq!(c.embedder(), &embed::MiniLm::manifest_identity().unwrap());
+        let p = c.probabilities(&vec![0.05; 384]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}

@@ -51,9 +51,21 @@ fn ex(prompt: &str, category: &str, source: &str) -> Example {
 fn data() -> Vec<Example> {
     let mut d = Vec::new();
     for i in 0..20 {
-        d.push(ex(&format!("Which apple is red {i}?\nA. one\nB. two"), "fruit_a", "exams"));
-        d.push(ex(&format!("Which banana is ripe {i}?\nA. one\nB. two"), "fruit_b", "exams"));
-        d.push(ex(&format!("tell me about apple number {i}"), "fruit_a", "chat"));
+        d.push(ex(
+            &format!("Which apple is red {i}?\nA. one\nB. two"),
+            "fruit_a",
+            "exams",
+        ));
+        d.push(ex(
+            &format!("Which banana is ripe {i}?\nA. one\nB. two"),
+            "fruit_b",
+            "exams",
+        ));
+        d.push(ex(
+            &format!("tell me about apple number {i}"),
+            "fruit_a",
+            "chat",
+        ));
         d.push(ex(&format!("banana bread recipe {i}"), "fruit_b", "chat"));
     }
     d.push(ex("apple pie", "fruit_a", "synthetic_templates"));
@@ -73,21 +85,47 @@ fn held_out_sources_generalise_and_synthetic_rows_are_never_scored() {
         },
         ..TrainOptions::default()
     };
-    let out = train(&examples, &mut embedder, &mut cache, &options, &mut |_, _| {}).unwrap();
+    let out = train(
+        &examples,
+        &mut embedder,
+        &mut cache,
+        &options,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(out.protocol, "held_out_sources");
-    assert_eq!(out.held_out.n, examples.len() - 2, "synthetic rows were scored");
+    assert_eq!(
+        out.held_out.n,
+        examples.len() - 2,
+        "synthetic rows were scored"
+    );
     let sources: Vec<&str> = out.by_group.iter().map(|g| g.source.as_str()).collect();
     assert!(!sources.contains(&"synthetic_templates"));
-    assert!(out.held_out.macro_accuracy() > 0.95, "{}", out.held_out.summary_line());
+    assert!(
+        out.held_out.macro_accuracy() > 0.95,
+        "{}",
+        out.held_out.summary_line()
+    );
     assert_eq!(out.classifier.labels, vec!["fruit_a", "fruit_b"]);
     assert!(out.classifier.temperature.is_finite() && out.classifier.temperature > 0.0);
 
     let dir = tempfile::tempdir().unwrap();
     out.classifier.save(dir.path()).unwrap();
     let loaded = LinearClassifier::load(dir.path()).unwrap();
-    let mut eval_data = vec![ex("a crisp apple", "fruit_a", ""), ex("green banana", "fruit_b", "")];
+    let mut eval_data = vec![
+        ex("a crisp apple", "fruit_a", ""),
+        ex("green banana", "fruit_b", ""),
+    ];
     eval_data.push(ex("cherry", "fruit_c", ""));
-    let report = evaluate(&eval_data, &loaded, &mut embedder, &mut cache, 8, &mut |_, _| {}).unwrap();
+    let report = evaluate(
+        &eval_data,
+        &loaded,
+        &mut embedder,
+        &mut cache,
+        8,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let line = report.summary_line();
     let parts: Vec<&str> = line.split(' ').collect();
     assert_eq!(parts.len(), 3, "{line}");

@@ -2,4 +2,6 @@
 pub mod ask;
 pub mod bench;
 pub mod fetch;
+pub mod registry_cli;
+pub mod router_cli;
 pub mod serve;

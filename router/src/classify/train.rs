@@ -242,21 +242,17 @@ pub fn train(
         .collect();
     let mut probs = Vec::with_capacity(all_logits.len());
     for (k, (test, logits)) in fold_logits.iter().enumerate() {
-        let (ol, ot): (Vec<Vec<f32>>, Vec<usize>) = fold_logits
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != k)
-            .flat_map(|(_, (t, l))| t.iter().map(|&i| label_of[i]).zip(l.iter().cloned()))
-            .map(|(y, l)| (l, y))
-            .unzip();
-        let t = if ol.is_empty() {
-            fit_temperature(
-                logits,
-                &test.iter().map(|&i| label_of[i]).collect::<Vec<_>>(),
-            )
-        } else {
-            fit_temperature(&ol, &ot)
-        };
+        let (mut other_logits, mut other_truth) = (Vec::new(), Vec::new());
+        for (_, (t, l)) in fold_logits.iter().enumerate().filter(|(j, _)| *j != k) {
+            other_truth.extend(t.iter().map(|&i| label_of[i]));
+            other_logits.extend(l.iter().cloned());
+        }
+        // A single fold (the random split) has no others: its own logits are all there is.
+        if other_logits.is_empty() {
+            other_truth = test.iter().map(|&i| label_of[i]).collect();
+            other_logits = logits.clone();
+        }
+        let t = fit_temperature(&other_logits, &other_truth);
         probs.extend(logits.iter().map(|l| softmax_t(l, t)));
     }
     let temperature = fit_temperature(&all_logits, &all_truth);

@@ -64,6 +64,7 @@ pub struct Scratch {
     ctx: Vec<f32>,
     proj: Vec<f32>,
     inter: Vec<f32>,
+    pack: Vec<f32>,
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -200,24 +201,30 @@ impl Bert {
 
         for layer in &self.layers {
             let qkv = resize(&mut s.qkv, total * 3 * h);
-            layer.qkv.forward(&s.hidden[..total * h], qkv, threads);
+            layer
+                .qkv
+                .forward(&s.hidden[..total * h], qkv, threads, &mut s.pack);
             self.attention(seqs, qkv, &mut s.ctx_by_head, &mut s.ctx, threads);
 
             let proj = resize(&mut s.proj, total * h);
-            layer.attn_out.forward(&s.ctx[..total * h], proj, threads);
+            layer
+                .attn_out
+                .forward(&s.ctx[..total * h], proj, threads, &mut s.pack);
             for (p, x) in proj.chunks_exact_mut(h).zip(s.hidden.chunks_exact(h)) {
                 add_layer_norm(p, x, &layer.attn_norm.gamma, &layer.attn_norm.beta, eps);
             }
             // `proj` now holds the attention block's output, the FFN's input and residual.
             let inter = resize(&mut s.inter, total * layer.intermediate.out_dim());
-            layer.intermediate.forward(proj, inter, threads);
+            layer
+                .intermediate
+                .forward(proj, inter, threads, &mut s.pack);
             if threads > 1 && inter.len() >= 64 * 1024 {
                 inter.par_chunks_mut(16 * 1024).for_each(gelu_in_place);
             } else {
                 gelu_in_place(inter);
             }
             let hidden = &mut s.hidden[..total * h];
-            layer.output.forward(inter, hidden, threads);
+            layer.output.forward(inter, hidden, threads, &mut s.pack);
             for (x, p) in hidden.chunks_exact_mut(h).zip(proj.chunks_exact(h)) {
                 add_layer_norm(x, p, &layer.out_norm.gamma, &layer.out_norm.beta, eps);
             }

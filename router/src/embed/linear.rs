@@ -1,9 +1,9 @@
 //! A dense layer `y = x W^T + b` over row-major f32 buffers, the only matrix product of the forward.
 //!
 //! The weights are packed once, at load, into panels of 32 output columns (`[k][32]` each), so the
-//! AVX-512 kernel streams them with two aligned-size loads per step and never repacks per call, which
-//! a general GEMM must do on every call and which dominates at the ~24 rows of one query.
-//! Without AVX-512 the same panels go through the `gemm` crate.
+//! AVX-512 kernel streams them with two loads per step and never repacks per call, which a general
+//! GEMM must do on every call and which dominates at the ~24 rows of one query. The AVX-512 kernel
+//! keeps them as f16 (see `kernel_avx512`); without AVX-512 f32 panels go through the `gemm` crate.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -15,12 +15,18 @@ use super::kernel_avx512;
 pub const PANEL: usize = 32;
 
 pub struct Linear {
-    /// `W^T` in panels of `PANEL` columns, the last one zero-padded: `[panel][in_dim][PANEL]`.
-    packed: Vec<f32>,
+    /// `W^T` in panels of `PANEL` columns, the last one zero-padded: `[panel][in_dim][PANEL]`;
+    /// f16 bit patterns for the AVX-512 kernel, else f32.
+    packed: Packed,
     /// Zero-padded to a whole number of panels.
     bias: Vec<f32>,
     in_dim: usize,
     out_dim: usize,
+}
+
+enum Packed {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
 }
 
 /// The output pointer shared by the threads of one product; each writes only its own columns.
@@ -46,6 +52,19 @@ impl Linear {
         }
         let mut bias = bias;
         bias.resize(panels * PANEL, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        let packed = if kernel_avx512::available() {
+            Packed::F16(
+                packed
+                    .iter()
+                    .map(|w| half::f16::from_f32(*w).to_bits())
+                    .collect(),
+            )
+        } else {
+            Packed::F32(packed)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let packed = Packed::F32(packed);
         Self {
             packed,
             bias,
@@ -58,11 +77,17 @@ impl Linear {
         self.out_dim
     }
 
-    /// `out[rows, out_dim] = x[rows, in_dim] W^T + b`, spread over `threads` by panels.
-    pub fn forward(&self, x: &[f32], out: &mut [f32], threads: usize) {
+    /// `out[rows, out_dim] = x[rows, in_dim] W^T + b`, spread over `threads` by panels. `pack` is
+    /// scratch space for the kernel's packed copy of `x`, kept by the caller across calls.
+    pub fn forward(&self, x: &[f32], out: &mut [f32], threads: usize, pack: &mut Vec<f32>) {
         let rows = x.len() / self.in_dim;
         assert_eq!(x.len(), rows * self.in_dim);
         assert_eq!(out.len(), rows * self.out_dim);
+        #[cfg(target_arch = "x86_64")]
+        if kernel_avx512::available() {
+            kernel_avx512::pack_rows(x, rows, self.in_dim, pack);
+        }
+        let pack: &[f32] = pack;
         let panels = self.out_dim.div_ceil(PANEL);
         let ptr = OutPtr(out.as_mut_ptr());
         // Small products are not worth waking a second thread for.
@@ -75,7 +100,7 @@ impl Linear {
             let (lo, hi) = (panels * t / tasks, panels * (t + 1) / tasks);
             // SAFETY: task t writes columns [lo*PANEL, hi*PANEL) ∩ [0, out_dim) of `out`, which no
             // other task touches; the bounds were asserted above.
-            unsafe { self.panels(x, rows, ptr, lo..hi) };
+            unsafe { self.panels(x, pack, rows, ptr, lo..hi) };
         };
         if tasks == 1 {
             run(0);
@@ -85,29 +110,27 @@ impl Linear {
     }
 
     /// # Safety
-    /// `out` points at `rows * out_dim` floats, and nothing else writes the columns of `panels`.
-    unsafe fn panels(&self, x: &[f32], rows: usize, out: OutPtr, panels: std::ops::Range<usize>) {
-        #[cfg(target_arch = "x86_64")]
-        if kernel_avx512::available() {
-            for p in panels {
-                let cols = PANEL.min(self.out_dim - p * PANEL);
-                // SAFETY: the panel holds in_dim * PANEL floats and the bias PANEL from p*PANEL; the
-                // caller guarantees `out` and the exclusivity of these columns.
-                unsafe {
-                    kernel_avx512::panel(
-                        x,
-                        rows,
-                        self.in_dim,
-                        &self.packed[p * self.in_dim * PANEL..][..self.in_dim * PANEL],
-                        &self.bias[p * PANEL..][..PANEL],
-                        out.0.add(p * PANEL),
-                        self.out_dim,
-                        cols,
-                    )
-                };
+    /// `out` points at `rows * out_dim` floats, and nothing else writes the columns of `panels`;
+    /// with AVX-512, `pack` holds `x` packed by `kernel_avx512::pack_rows`.
+    unsafe fn panels(
+        &self,
+        x: &[f32],
+        pack: &[f32],
+        rows: usize,
+        out: OutPtr,
+        panels: std::ops::Range<usize>,
+    ) {
+        let packed = match &self.packed {
+            #[cfg(target_arch = "x86_64")]
+            Packed::F16(packed) => {
+                // SAFETY: F16 panels exist only when AVX-512 is available (see `new`).
+                unsafe { self.panels_avx512(pack, packed, rows, out, panels) };
+                return;
             }
-            return;
-        }
+            #[cfg(not(target_arch = "x86_64"))]
+            Packed::F16(_) => unreachable!("f16 panels are only built for the x86-64 kernel"),
+            Packed::F32(packed) => packed,
+        };
         for p in panels {
             let cols = PANEL.min(self.out_dim - p * PANEL);
             for r in 0..rows {
@@ -131,7 +154,7 @@ impl Linear {
                     x.as_ptr(),
                     1,
                     self.in_dim as isize,
-                    self.packed[p * self.in_dim * PANEL..].as_ptr(),
+                    packed[p * self.in_dim * PANEL..].as_ptr(),
                     1,
                     PANEL as isize,
                     1.0,
@@ -140,6 +163,36 @@ impl Linear {
                     false,
                     false,
                     Parallelism::None,
+                )
+            };
+        }
+    }
+
+    /// # Safety
+    /// As `panels`, and AVX-512F is available.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn panels_avx512(
+        &self,
+        pack: &[f32],
+        packed: &[u16],
+        rows: usize,
+        out: OutPtr,
+        panels: std::ops::Range<usize>,
+    ) {
+        for p in panels {
+            let cols = PANEL.min(self.out_dim - p * PANEL);
+            // SAFETY: the panel holds in_dim * PANEL weights and the bias PANEL from p*PANEL; the
+            // caller guarantees AVX-512, `out` and the exclusivity of these columns.
+            unsafe {
+                kernel_avx512::panel(
+                    pack,
+                    rows,
+                    self.in_dim,
+                    &packed[p * self.in_dim * PANEL..][..self.in_dim * PANEL],
+                    &self.bias[p * PANEL..][..PANEL],
+                    out.0.add(p * PANEL),
+                    self.out_dim,
+                    cols,
                 )
             };
         }
@@ -179,6 +232,11 @@ mod tests {
             .collect();
         let b: Vec<f32> = (0..out_dim).map(|i| i as f32 * 0.01).collect();
         let lin = Linear::new(&w, b.clone(), out_dim, in_dim);
+        // The reference multiplies by the weights the layer actually stores.
+        let w: Vec<f32> = match &lin.packed {
+            Packed::F16(_) => w.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
+            Packed::F32(_) => w,
+        };
         for rows in [1, 5, 12, 13, 31, 100] {
             let x: Vec<f32> = (0..rows * in_dim)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
@@ -186,7 +244,7 @@ mod tests {
             let want = naive(&x, &w, &b, rows, out_dim, in_dim);
             for threads in [1, 2] {
                 let mut got = vec![f32::NAN; rows * out_dim];
-                lin.forward(&x, &mut got, threads);
+                lin.forward(&x, &mut got, threads, &mut Vec::new());
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-4, "rows {rows}: {g} vs {w}");
                 }

@@ -18,7 +18,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n built from n's bits: adding 1.5 * 2^23 leaves the integer n in the low mantissa bits.
+    // (`n as i32` would do, but its saturating semantics keep the loop from vectorising.)
+    let n_bits = (n + 12_582_912.0).to_bits();
+    let scale = f32::from_bits(n_bits.wrapping_add(127).wrapping_sub(0x4b40_0000) << 23);
     y * scale
 }
 

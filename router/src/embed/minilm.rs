@@ -14,6 +14,20 @@ pub const MINILM_MODEL: &str = "all-minilm-l6-v2";
 /// trained with 256 and that is what sentence-transformers uses).
 pub const MAX_SEQ_LEN: usize = 256;
 const WEIGHTS_FILE: &str = "model.safetensors";
+/// all-MiniLM-L6-v2's hidden size; `from_dir` takes the real value from config.json.
+const DIM: usize = 384;
+
+fn weights_sha256(entry: &coe_fetch::ModelEntry) -> Result<String, EmbedError> {
+    entry
+        .files
+        .iter()
+        .find(|f| f.name == WEIGHTS_FILE)
+        .map(|f| f.sha256.clone())
+        .ok_or_else(|| EmbedError::Weights {
+            path: WEIGHTS_FILE.into(),
+            reason: format!("the manifest entry {MINILM_MODEL} lists no {WEIGHTS_FILE}"),
+        })
+}
 
 pub struct MiniLm {
     tokenizer: Tokenizer,
@@ -31,17 +45,19 @@ impl MiniLm {
     pub fn load(home: &Path) -> Result<Self, EmbedError> {
         let manifest = coe_fetch::Manifest::embedded();
         let entry = manifest.model(MINILM_MODEL)?;
-        let sha = entry
-            .files
-            .iter()
-            .find(|f| f.name == WEIGHTS_FILE)
-            .map(|f| f.sha256.clone())
-            .ok_or_else(|| EmbedError::Weights {
-                path: WEIGHTS_FILE.into(),
-                reason: format!("the manifest entry {MINILM_MODEL} lists no {WEIGHTS_FILE}"),
-            })?;
+        let sha = weights_sha256(entry)?;
         let dir = coe_fetch::fetch_model(home, entry, &mut |_| {})?;
         Self::from_dir(&dir, sha)
+    }
+
+    /// The identity `load` will report, from the manifest alone (nothing is read or fetched).
+    pub fn manifest_identity() -> Result<EmbedderIdentity, EmbedError> {
+        let manifest = coe_fetch::Manifest::embedded();
+        Ok(EmbedderIdentity {
+            model: MINILM_MODEL.to_string(),
+            weights_sha256: weights_sha256(manifest.model(MINILM_MODEL)?)?,
+            dim: DIM,
+        })
     }
 
     /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir`; `weights_sha256`

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs everything in one process on embedded defaults (fetching the models on first start).
-    Serve(cmd::serve::ServeArgs),
+    Serve(cmd::serve::ServeAllArgs),
     /// Runs the expert worker alone.
     Worker(cmd::serve::ServeArgs),
     /// Streams an answer to the terminal.
@@ -32,9 +32,8 @@ enum Command {
     Expert(cmd::registry_cli::ExpertArgs),
     /// Shows, sets and rolls back the category map.
     Map(cmd::registry_cli::MapArgs),
-    /// Trains and evaluates the router's classifier.
-    #[command(subcommand)]
-    Router(cmd::router_cli::RouterCommand),
+    /// Runs the router alone; `train` and `eval` fit and score its classifier.
+    Router(cmd::router_serve::RouterArgs),
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -54,16 +53,19 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args, "serve").await,
+            Command::Serve(args) => cmd::serve::run_all(args).await,
             Command::Worker(args) => cmd::serve::run(args, "worker").await,
             Command::Ask(args) => cmd::ask::run(args).await,
             Command::Fetch(args) => cmd::fetch::run(args).await,
             Command::Registry(args) => cmd::registry_cli::run_registry(args).await,
             Command::Expert(args) => cmd::registry_cli::run_expert(args).await,
             Command::Map(args) => cmd::registry_cli::run_map(args).await,
-            Command::Router(command) => {
-                tokio::task::spawn_blocking(move || cmd::router_cli::run(command)).await?
-            }
+            Command::Router(args) => match args.command {
+                Some(command) => {
+                    tokio::task::spawn_blocking(move || cmd::router_cli::run(command)).await?
+                }
+                None => cmd::router_serve::run(args.serve).await,
+            },
             Command::Bench(command) => cmd::bench::run(command).await,
         }
     })

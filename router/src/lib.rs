@@ -1,10 +1,29 @@
-//! coe-router's classification core: embed a query with MiniLM, classify it into categories with
-//! a calibrated linear model, and decide which expert answers. No network code lives here.
+//! coe-router: embeds a query with MiniLM, classifies it into categories with a calibrated linear
+//! model, decides which expert answers (`route`, through the category map in `config`) and streams
+//! that expert's answer from the worker hosting it (`dispatch`), behind the `coe.v1.Router` gRPC
+//! service (`grpc`, thin).
+//!
+//! Composing servers: [`server::start`] loads a [`router::RouterCore`] in the background and returns
+//! the Router service (UNAVAILABLE until loaded) plus a handle to the loaded core; it reports
+//! `coe.v1.Router` on the health reporter it is given. Mount that service, the health service and
+//! one [`server::reflection_builder`] (listing every mounted service) on one tonic `Server`, as
+//! `coe serve` does with the worker beside it. [`server::serve`] is the router alone, built from
+//! the same pieces.
 
 pub mod classify;
+pub mod config;
+pub mod dispatch;
 pub mod embed;
+pub mod grpc;
 pub mod pipeline;
+pub mod registry_follow;
 pub mod route;
+pub mod router;
+pub mod server;
+
+pub use config::{CategoryMap, MapHandle};
+pub use router::{RouterConfig, RouterCore, RouterError};
+pub use server::{reflection_builder, serve, start, ROUTER_SERVICE};
 
 use std::path::Path;
 

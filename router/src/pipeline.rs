@@ -7,8 +7,9 @@ use std::time::Instant;
 use coe_core::ExpertName;
 
 use crate::classify::{ArtifactError, Classifier};
+use crate::config::{MapError, MapHandle};
 use crate::embed::{EmbedBatcher, EmbedError};
-use crate::route::{RouteDecision, RouteError, RoutingTable};
+use crate::route::{RouteDecision, RouteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -18,6 +19,8 @@ pub enum PipelineError {
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Map(#[from] MapError),
 }
 
 /// A decision and how long classification took (0 for an explicit expert).
@@ -30,16 +33,16 @@ pub struct Classified {
 pub struct QueryRouter {
     batcher: EmbedBatcher,
     classifier: Arc<dyn Classifier>,
-    table: RoutingTable,
+    maps: MapHandle,
 }
 
 impl QueryRouter {
     /// Checks at start-up that the classifier was trained on this embedder and that every one of
-    /// its categories has an expert.
+    /// its categories has an expert in the map in force. Later maps are checked when they replace it.
     pub fn new(
         batcher: EmbedBatcher,
         classifier: Arc<dyn Classifier>,
-        table: RoutingTable,
+        maps: MapHandle,
     ) -> Result<Self, PipelineError> {
         if classifier.embedder() != batcher.identity() {
             return Err(ArtifactError::WrongEmbedder {
@@ -49,16 +52,20 @@ impl QueryRouter {
             }
             .into());
         }
-        table.check_covers(classifier.labels())?;
+        maps.current().table.check_covers(classifier.labels())?;
         Ok(Self {
             batcher,
             classifier,
-            table,
+            maps,
         })
     }
 
-    pub fn table(&self) -> &RoutingTable {
-        &self.table
+    pub fn maps(&self) -> &MapHandle {
+        &self.maps
+    }
+
+    pub fn classifier(&self) -> &dyn Classifier {
+        self.classifier.as_ref()
     }
 
     /// Routes `text`, or goes straight to `explicit` when the client named an expert.
@@ -69,7 +76,7 @@ impl QueryRouter {
     ) -> Result<Classified, PipelineError> {
         if let Some(expert) = explicit {
             return Ok(Classified {
-                decision: self.table.explicit(expert),
+                decision: self.maps.current().table.explicit(expert),
                 classify_ms: 0.0,
             });
         }
@@ -77,7 +84,7 @@ impl QueryRouter {
         let embedding = self.batcher.embed(text).await?;
         let scores = self.classifier.scores(&embedding);
         Ok(Classified {
-            decision: self.table.decide(scores),
+            decision: self.maps.current().table.decide(scores),
             classify_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }

@@ -2,14 +2,14 @@
 //! explicit expert skipping classification, and the start-up checks that catch a mismatched
 //! classifier or category map.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use coe_core::ExpertName;
 use coe_router::classify::Classifier;
+use coe_router::config::{CategoryMap, MapHandle};
 use coe_router::embed::{BatcherConfig, EmbedBatcher, EmbedError, Embedder, EmbedderIdentity};
 use coe_router::pipeline::{PipelineError, QueryRouter};
-use coe_router::route::{RouteReason, RoutingTable};
+use coe_router::route::RouteReason;
 
 fn identity(model: &str) -> EmbedderIdentity {
     EmbedderIdentity {
@@ -58,12 +58,17 @@ fn name(s: &str) -> ExpertName {
     ExpertName::parse(s).unwrap()
 }
 
-fn table(categories: &[&str]) -> RoutingTable {
-    let map: HashMap<String, ExpertName> = categories
-        .iter()
-        .map(|c| (c.to_string(), name(&format!("{c}-expert"))))
-        .collect();
-    RoutingTable::new(map, name("fallback"), 0.6).unwrap()
+fn table(categories: &[&str]) -> MapHandle {
+    let map = CategoryMap {
+        categories: categories
+            .iter()
+            .map(|c| (c.to_string(), format!("{c}-expert")))
+            .collect(),
+        fallback: "fallback".into(),
+        threshold: 0.6,
+        version: 0,
+    };
+    MapHandle::new(map).unwrap()
 }
 
 fn router(embedder_model: &str, categories: &[&str]) -> Result<QueryRouter, PipelineError> {

@@ -1,16 +1,16 @@
-//! `coe ask`: streams an answer to the terminal.
+//! `coe ask`: asks the router, prints its routing decision, then streams the answer to the terminal.
 use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
 use coe_proto::v1 as pb;
-use pb::expert_worker_client::ExpertWorkerClient;
+use pb::router_client::RouterClient;
 
 #[derive(Args)]
 pub struct AskArgs {
     /// The question.
     pub question: String,
-    /// Send to this expert; default: the first chat expert the server hosts.
+    /// Send to this expert and skip classification; default: the expert the router picks.
     #[arg(long, env = "COE_EXPERT")]
     pub expert: Option<String>,
     #[arg(long, default_value_t = 256)]
@@ -30,50 +30,35 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     } else {
         format!("http://{}", args.server)
     };
-    let mut client = ExpertWorkerClient::connect(endpoint.clone())
+    let mut client = RouterClient::connect(endpoint.clone())
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
-    let expert = match args.expert {
-        Some(expert) => expert,
-        None => {
-            let status = client
-                .get_status(pb::GetStatusRequest {})
-                .await?
-                .into_inner();
-            status
-                .experts
-                .iter()
-                .find(|e| e.has_chat_template)
-                .or(status.experts.first())
-                .map(|e| e.name.clone())
-                .context("the server hosts no experts")?
-        }
-    };
-    let request = pb::GenerateRequest {
-        request_id: String::new(),
-        expert: expert.clone(),
+    let request = pb::RouteRequest {
         messages: vec![pb::ChatMessage {
             role: pb::Role::User as i32,
             content: args.question,
         }],
-        prompt: String::new(),
         sampling: Some(pb::SamplingParams {
             max_tokens: Some(args.max_tokens),
             temperature: Some(args.temperature),
             seed: args.seed,
             ..Default::default()
         }),
+        expert: args.expert.unwrap_or_default(),
+        ..Default::default()
     };
-    eprintln!("[expert: {expert}]");
     let mut stream = client.generate(request).await?.into_inner();
     let mut stdout = std::io::stdout();
     while let Some(message) = stream.message().await? {
         match message.event {
-            Some(pb::generate_response::Event::Chunk(chunk)) => {
+            Some(pb::route_response::Event::Decision(decision)) => {
+                writeln!(stdout, "{}", describe(&decision))?;
+            }
+            Some(pb::route_response::Event::Chunk(chunk)) => {
                 stdout.write_all(chunk.text.as_bytes())?;
                 stdout.flush()?;
             }
-            Some(pb::generate_response::Event::Done(done)) => {
+            Some(pb::route_response::Event::Done(done)) => {
                 println!();
                 let usage = done.usage.unwrap_or_default();
                 eprintln!(
@@ -89,4 +74,31 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The decision as the user sees it, e.g.
+/// `[route] expert=qwen2.5-coder-0.5b-instruct reason=top_category categories: code 0.91, math 0.04 ...`
+fn describe(d: &pb::RouteDecision) -> String {
+    let reason = match pb::RouteReason::try_from(d.reason).unwrap_or_default() {
+        pb::RouteReason::TopCategory => "top_category",
+        pb::RouteReason::LowConfidenceFallback => "low_confidence_fallback",
+        pb::RouteReason::ExplicitExpert => "explicit_expert",
+        pb::RouteReason::MultiExpert => "multi_expert",
+        pb::RouteReason::Unspecified => "unspecified",
+    };
+    let categories: Vec<String> = d
+        .categories
+        .iter()
+        .map(|c| format!("{} {:.2}", c.category, c.probability))
+        .collect();
+    let mut line = format!(
+        "[route] expert={} reason={reason} threshold={:.2} classify_ms={:.1}",
+        d.experts.join("+"),
+        d.threshold,
+        d.classify_ms
+    );
+    if !categories.is_empty() {
+        line.push_str(&format!("\n[route] categories: {}", categories.join(", ")));
+    }
+    line
 }

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod fetch;
 pub mod registry_cli;
 pub mod router_cli;
+pub mod router_serve;
 pub mod serve;

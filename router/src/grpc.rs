@@ -87,7 +87,8 @@ impl pb::router_server::Router for RouterService {
         };
         tx.try_send(Ok(first))
             .expect("a fresh channel has room for the decision");
-        tokio::spawn(forward(dispatched, tx, request_id, deadline).instrument(span));
+        let expert = d.expert.to_string();
+        tokio::spawn(forward(dispatched, tx, request_id, expert, deadline).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -111,6 +112,7 @@ async fn forward(
     mut dispatched: Dispatched,
     tx: mpsc::Sender<Result<pb::RouteResponse, Status>>,
     request_id: String,
+    expert: String,
     deadline: Option<Instant>,
 ) {
     let expired = async {
@@ -135,7 +137,13 @@ async fn forward(
         let event = match message {
             Ok(Some(pb::GenerateResponse { event, .. })) => event.map(|e| match e {
                 pb::generate_response::Event::Chunk(c) => pb::route_response::Event::Chunk(c),
-                pb::generate_response::Event::Done(d) => pb::route_response::Event::Done(d),
+                pb::generate_response::Event::Done(mut d) => {
+                    // The worker may leave it empty; the client must see who answered.
+                    if d.expert.is_empty() {
+                        d.expert.clone_from(&expert);
+                    }
+                    pb::route_response::Event::Done(d)
+                }
             }),
             Ok(None) => return,
             Err(status) => {

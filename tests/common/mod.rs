@@ -183,3 +183,156 @@ pub async fn collect(
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
+
+/// A router serving on loopback from a thread and runtime of its own, like [`TestWorker`].
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), coe_router::RouterError>>>,
+}
+
+/// A router in front of `workers` with the shipped classifier and category map.
+pub fn router_config(workers: &[SocketAddr]) -> coe_router::RouterConfig {
+    coe_router::RouterConfig::new(workers.iter().map(|a| a.to_string()).collect())
+}
+
+impl TestRouter {
+    pub fn start(config: coe_router::RouterConfig) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                coe_router::serve(config, listener, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+            })
+        });
+        let addr = addr_rx.recv().expect("the router bound a port");
+        Self {
+            addr,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Asks for a graceful shutdown and returns a handle that resolves when serve() returned.
+    pub fn begin_shutdown(
+        &mut self,
+    ) -> std::thread::JoinHandle<Result<(), coe_router::RouterError>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.thread.take().expect("shutdown once")
+    }
+
+    /// Waits, without asking it to stop, until serve() returns by itself (a failed start).
+    pub fn wait_exit(&mut self) -> std::thread::Result<Result<(), coe_router::RouterError>> {
+        self.thread.take().expect("wait once").join()
+    }
+
+    pub async fn client(&self) -> pb::router_client::RouterClient<Channel> {
+        pb::router_client::RouterClient::new(connect(self.addr).await)
+    }
+
+    /// Waits on the health Watch stream until SERVING; panics after `limit`.
+    pub async fn wait_serving(&self, limit: Duration) {
+        wait_health(self.addr, "", limit).await
+    }
+}
+
+impl Drop for TestRouter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Follows `service`'s health on `addr` (grpc.health.v1 Watch) until SERVING; panics after `limit`.
+pub async fn wait_health(addr: SocketAddr, service: &str, limit: Duration) {
+    let watch = async {
+        let mut health = HealthClient::new(connect(addr).await);
+        let mut updates = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        while let Some(update) = updates.message().await.expect("health watch stream") {
+            if update.status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        panic!("the health watch of {addr} ended before SERVING");
+    };
+    tokio::time::timeout(limit, watch)
+        .await
+        .unwrap_or_else(|_| panic!("{addr} not SERVING after {limit:?}"));
+}
+
+/// A routed answer as a client sees it: the decision (the first message) and the generation.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub decision: Option<pb::RouteDecision>,
+    /// Whether the decision came before every other message.
+    pub decision_first: bool,
+    pub answer: Collected,
+}
+
+pub fn route_request(content: &str, expert: &str, max_tokens: u32) -> pb::RouteRequest {
+    pb::RouteRequest {
+        messages: vec![user(content)],
+        expert: expert.to_string(),
+        sampling: greedy(max_tokens),
+        ..Default::default()
+    }
+}
+
+pub async fn collect_routed(
+    client: &mut pb::router_client::RouterClient<Channel>,
+    request: pb::RouteRequest,
+) -> Result<Routed, tonic::Status> {
+    let mut stream = client.generate(request).await?.into_inner();
+    let mut out = Routed::default();
+    let mut seen = 0;
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(pb::route_response::Event::Decision(d)) => {
+                out.decision_first = seen == 0;
+                out.decision = Some(d);
+            }
+            Some(pb::route_response::Event::Chunk(chunk)) => {
+                out.answer.text.push_str(&chunk.text);
+                out.answer.token_ids.extend(chunk.token_ids);
+                out.answer.chunks += 1;
+            }
+            Some(pb::route_response::Event::Done(done)) => out.answer.done = Some(done),
+            None => {}
+        }
+        seen += 1;
+    }
+    Ok(out)
+}
+
+/// Writes a category map file sending every category of the shipped classifier to `expert`,
+/// with `fallback` and `threshold`.
+pub fn write_category_map(dir: &Path, expert: &str, fallback: &str, threshold: f32) -> PathBuf {
+    let mut map = coe_router::CategoryMap::embedded_default();
+    for e in map.categories.values_mut() {
+        *e = expert.to_string();
+    }
+    map.fallback = fallback.to_string();
+    map.threshold = threshold;
+    let path = dir.join("category_map.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
+    path
+}

@@ -55,6 +55,10 @@ async fn watch_once(
     while let Some(event) = events.message().await? {
         *last_revision = (*last_revision).max(event.revision);
         if let Some(pb::watch_event::Change::CategoryMap(map)) = event.change {
+            // A registry that never had a map set sends an empty one in its snapshot.
+            if map.version == 0 && map.category_to_expert.is_empty() {
+                continue;
+            }
             let Some(core) = core.upgrade() else {
                 return Ok(());
             };

@@ -26,8 +26,9 @@ pub struct RegistryConfig {
 /// The flags of `coe registry`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RegistryArgs {
-    /// Address to serve the registry's gRPC API on.
-    #[arg(long, env = "COE_REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to serve the registry's gRPC API on (`coe serve` takes 50051 and mounts the registry
+    /// there too; this port is for the registry run alone).
+    #[arg(long, env = "COE_REGISTRY_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// The embedded database file. Default: registry.redb under $COE_HOME (~/.cache/coe).
     #[arg(long, env = "COE_REGISTRY_DB")]

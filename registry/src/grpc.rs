@@ -1,5 +1,6 @@
 //! The Registry gRPC service: unpacks each request, calls [`Registry`], and packs the answer.
 use std::pin::Pin;
+use std::sync::Arc;
 
 use coe_proto::v1 as pb;
 use futures::Stream;
@@ -9,12 +10,13 @@ use tonic::{Request, Response, Status};
 
 use crate::service::Registry;
 
+/// The gRPC face of a [`Registry`]; build it with [`crate::registry_grpc_service`].
 pub struct RegistryService {
-    registry: Registry,
+    registry: Arc<Registry>,
 }
 
 impl RegistryService {
-    pub fn new(registry: Registry) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
         Self { registry }
     }
 }

@@ -6,6 +6,7 @@
 
 mod config;
 mod error;
+mod fetch;
 mod grpc;
 pub mod plan;
 mod server;
@@ -16,6 +17,7 @@ mod watch;
 
 pub use config::{RegistryArgs, RegistryConfig, StoreConfig};
 pub use error::RegistryError;
-pub use server::{open_store, serve};
+pub use grpc::RegistryService;
+pub use server::{open_registry, open_store, registry_grpc_service, serve, RegistryGrpcServer};
 pub use service::{Limits, Registry, Removed};
 pub use watch::snapshot_events;

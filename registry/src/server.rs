@@ -16,7 +16,8 @@ use crate::service::Registry;
 use crate::store::redb::RedbStore;
 use crate::store::RegistryStore;
 
-type RegistryServer = pb::registry_server::RegistryServer<RegistryService>;
+/// The registry's tonic service type, also the name health reports under.
+pub type RegistryGrpcServer = pb::registry_server::RegistryServer<RegistryService>;
 
 /// Opens the configured store.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn RegistryStore>, RegistryError> {
@@ -39,7 +40,24 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn RegistryStore>, 
     }
 }
 
-/// Serves until `shutdown` resolves. Health is NOT_SERVING until the store is open.
+/// Opens the configured store and returns the registry, ready to serve. Stop it with
+/// [`Registry::shutdown`], which ends its Watch streams so a server's graceful drain can finish.
+pub async fn open_registry(config: &RegistryConfig) -> Result<Arc<Registry>, RegistryError> {
+    let store = open_store(&config.store).await?;
+    Ok(Arc::new(Registry::new(
+        store,
+        config.limits.clone(),
+        CancellationToken::new(),
+    )))
+}
+
+/// The registry's gRPC service, to mount on any tonic server (`coe serve` mounts it beside the
+/// router and worker services).
+pub fn registry_grpc_service(registry: Arc<Registry>) -> RegistryGrpcServer {
+    pb::registry_server::RegistryServer::new(RegistryService::new(registry))
+}
+
+/// Serves the registry alone until `shutdown` resolves. Health is NOT_SERVING until the store is open.
 pub async fn serve(
     config: RegistryConfig,
     listener: TcpListener,
@@ -47,7 +65,7 @@ pub async fn serve(
 ) -> Result<(), RegistryError> {
     tracing::info!(?config, addr = ?listener.local_addr().ok(), "starting the registry");
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<RegistryServer>().await;
+    health.set_not_serving::<RegistryGrpcServer>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
@@ -63,24 +81,23 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| RegistryError::Internal(e.to_string()))?;
 
-    let store = open_store(&config.store).await?;
-    let stopping = CancellationToken::new();
-    let registry = Registry::new(store, config.limits.clone(), stopping.clone());
-    health.set_serving::<RegistryServer>().await;
+    let registry = open_registry(&config).await?;
+    health.set_serving::<RegistryGrpcServer>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     tracing::info!("registry SERVING");
 
     let health_on_stop = health.clone();
+    let stopping = registry.clone();
     let signal = async move {
         shutdown.await;
         health_on_stop
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        health_on_stop.set_not_serving::<RegistryServer>().await;
+        health_on_stop.set_not_serving::<RegistryGrpcServer>().await;
         // Watch streams never end by themselves; ending them lets the drain below finish.
-        stopping.cancel();
+        stopping.shutdown();
         tracing::info!("shutting down: draining in-flight calls");
     };
 
@@ -88,9 +105,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::registry_server::RegistryServer::new(
-            RegistryService::new(registry),
-        ))
+        .add_service(registry_grpc_service(registry))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))?;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RegistryError;
+use crate::fetch;
 use crate::plan::{self, NewExpert};
 use crate::store::{Change, RegistryStore, Snapshot, StoreError};
 use crate::validate::{self, parse_sha256};
@@ -57,6 +58,12 @@ impl Registry {
         }
     }
 
+    /// Ends every Watch stream (followers see the stream close and reconnect elsewhere); call it when
+    /// the server holding this registry begins its graceful shutdown. Requests still work after it.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Plans on the newest snapshot and commits; on a conflict, re-plans on a fresh one. Returns the
     /// committed events.
     async fn commit<T>(
@@ -97,21 +104,27 @@ impl Registry {
             request.placement.as_ref(),
         )?;
         let expected_sha256 = parse_sha256(&request.sha256)?;
-        let path = match request.source.and_then(|s| s.source) {
-            Some(pb::expert_source::Source::Path(path)) if !path.is_empty() => PathBuf::from(path),
+        let source = match request.source.and_then(|s| s.source) {
+            Some(pb::expert_source::Source::Path(path)) if !path.is_empty() => {
+                Source::File(PathBuf::from(path))
+            }
+            Some(pb::expert_source::Source::Model(model)) if !model.is_empty() => {
+                Source::Model(model)
+            }
             Some(pb::expert_source::Source::Package(_)) => {
                 return Err(RegistryError::Unimplemented(
-                    "adding an expert from a package is not supported yet; run `coe fetch` and add the GGUF by path"
-                        .into(),
+                    "a bare package list carries no member names or checksum; add the model to the manifest (fetch/manifest.toml) and add it with --model".into(),
                 ))
             }
             _ => {
                 return Err(RegistryError::InvalidArgument(
-                    "the expert needs a source: the path of its GGUF file".into(),
+                    "the expert needs a source: the path of its GGUF file or a manifest model name"
+                        .into(),
                 ))
             }
         };
-        // Fail fast on a taken name before spending seconds hashing; the commit checks again.
+        // Fail fast on a taken name before spending seconds fetching and hashing; the commit checks
+        // again.
         if self
             .store
             .snapshot()
@@ -121,6 +134,10 @@ impl Registry {
         {
             return Err(RegistryError::AlreadyExists(name.to_string()));
         }
+        let (path, expected_sha256) = match source {
+            Source::File(path) => (path, expected_sha256),
+            Source::Model(model) => fetch::manifest_model(model, expected_sha256).await?,
+        };
         let file =
             validate::verify_gguf(path, expected_sha256, self.limits.max_expert_bytes).await?;
         let expert = NewExpert {
@@ -231,6 +248,12 @@ impl Registry {
         ));
         rx
     }
+}
+
+/// Where an add's GGUF comes from.
+enum Source {
+    File(PathBuf),
+    Model(String),
 }
 
 fn upserted(events: &[pb::WatchEvent]) -> Option<pb::ExpertRecord> {

@@ -246,7 +246,7 @@ async fn budget_too_small_is_failed_precondition() {
 }
 
 #[tokio::test]
-async fn package_source_is_unimplemented() {
+async fn bare_package_source_is_unimplemented() {
     let registry = seeded(Limits::default()).await;
     let mut client = registry.client().await;
     let request = pb::AddExpertRequest {
@@ -261,7 +261,7 @@ async fn package_source_is_unimplemented() {
     assert_refused!(
         registry,
         Code::Unimplemented,
-        "by path",
+        "--model",
         client.add_expert(request)
     );
     let no_source = pb::AddExpertRequest {
@@ -274,6 +274,65 @@ async fn package_source_is_unimplemented() {
         "source",
         client.add_expert(no_source)
     );
+}
+
+fn model_request(name: &str, model: &str) -> pb::AddExpertRequest {
+    pb::AddExpertRequest {
+        name: name.into(),
+        source: Some(pb::ExpertSource {
+            source: Some(pb::expert_source::Source::Model(model.into())),
+        }),
+        categories: vec!["code".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unknown_manifest_model_is_not_found() {
+    let registry = seeded(Limits::default()).await;
+    let mut client = registry.client().await;
+    assert_refused!(
+        registry,
+        Code::NotFound,
+        "no model named \"no-such-model\"",
+        client.add_expert(model_request("coder", "no-such-model"))
+    );
+}
+
+#[tokio::test]
+async fn manifest_model_with_a_different_sha256_is_invalid_argument() {
+    let registry = seeded(Limits::default()).await;
+    let mut client = registry.client().await;
+    let mut request = model_request("coder", "qwen2.5-coder-0.5b-instruct");
+    request.sha256 = "ab".repeat(32);
+    assert_refused!(
+        registry,
+        Code::InvalidArgument,
+        "the manifest's qwen2.5-coder-0.5b-instruct has sha256",
+        client.add_expert(request)
+    );
+}
+
+/// A manifest model is fetched into the cache (already there in CI after the first fetch), checked
+/// against the manifest's sha256, and its category becomes routable to it.
+#[tokio::test]
+async fn manifest_model_is_fetched_verified_and_mapped() {
+    let registry = seeded(Limits::default()).await;
+    let mut client = registry.client().await;
+    let record = client
+        .add_expert(model_request("coder", "qwen2.5-coder-0.5b-instruct"))
+        .await
+        .unwrap()
+        .into_inner();
+    let manifest = coe_fetch::Manifest::embedded();
+    let file = &manifest.model("qwen2.5-coder-0.5b-instruct").unwrap().files[0];
+    assert_eq!(record.sha256, file.sha256);
+    assert_eq!(record.size_bytes, file.size);
+    assert_eq!(record.architecture, "qwen2");
+    assert!(record.path.ends_with(&file.name), "{}", record.path);
+    let map = visible(&mut client).await.map;
+    assert_eq!(map.category_to_expert["code"], "coder");
+    assert_eq!(map.category_to_expert["general"], "base");
 }
 
 #[tokio::test]

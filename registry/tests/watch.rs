@@ -169,3 +169,46 @@ async fn shutdown_ends_watch_streams_with_unavailable() {
     let status = stream.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
+
+/// `coe serve` mounts the registry on its own tonic server beside other services: the pieces work
+/// there, and `Registry::shutdown` ends the Watch streams so that server's graceful stop returns.
+#[tokio::test]
+async fn registry_mounts_on_another_server_and_its_shutdown_ends_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = coe_registry::RegistryConfig {
+        store: coe_registry::StoreConfig::Redb(dir.path().join("r.redb")),
+        limits: coe_registry::Limits::default(),
+    };
+    let registry = coe_registry::open_registry(&config).await.unwrap();
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopping = registry.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(coe_registry::registry_grpc_service(registry))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.await;
+                    stopping.shutdown();
+                },
+            ),
+    );
+    let mut client = common::client(addr).await;
+    let path = dir.path().join("m.gguf");
+    common::write_gguf(&path, "llama");
+    client.add_expert(add_request("m", &path)).await.unwrap();
+    let mut stream = client
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(describe(&next(&mut stream).await), "1 +m");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let status = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

@@ -24,6 +24,8 @@ enum Command {
     Worker(cmd::serve::ServeArgs),
     /// Streams an answer to the terminal.
     Ask(cmd::ask::AskArgs),
+    /// Shows what a worker hosts, in which tier, and how full each tier is.
+    Status(cmd::status::StatusArgs),
     /// Fetches and verifies models into the cache.
     Fetch(cmd::fetch::FetchArgs),
     /// Runs the expert registry alone.
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => cmd::serve::run_all(args).await,
             Command::Worker(args) => cmd::serve::run(args, "worker").await,
             Command::Ask(args) => cmd::ask::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
             Command::Fetch(args) => cmd::fetch::run(args).await,
             Command::Registry(args) => cmd::registry_cli::run_registry(args).await,
             Command::Expert(args) => cmd::registry_cli::run_expert(args).await,

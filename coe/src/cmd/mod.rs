@@ -6,3 +6,4 @@ pub mod registry_cli;
 pub mod router_cli;
 pub mod router_serve;
 pub mod serve;
+pub mod status;

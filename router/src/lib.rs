@@ -27,15 +27,15 @@ pub use server::{reflection_builder, serve, start, ROUTER_SERVICE};
 
 use std::path::Path;
 
-use classify::{ArtifactError, LinearClassifier};
+use classify::{AnyClassifier, ArtifactError};
 
 /// Where the shipped classifier lives in the repository; `scripts/train_router.sh` rebuilds it.
 pub const DEFAULT_CLASSIFIER_PATH: &str = "router/artifacts/minilm-8cat/classifier.json";
 const DEFAULT_CLASSIFIER: &str = include_str!("../artifacts/minilm-8cat/classifier.json");
 
 /// The eight-category classifier that ships with coe (compiled into the binary).
-pub fn default_classifier() -> Result<LinearClassifier, ArtifactError> {
-    LinearClassifier::from_json(
+pub fn default_classifier() -> Result<AnyClassifier, ArtifactError> {
+    AnyClassifier::from_json(
         DEFAULT_CLASSIFIER.as_bytes(),
         Path::new(DEFAULT_CLASSIFIER_PATH),
     )

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::EmbedderIdentity;
@@ -11,13 +12,14 @@ use crate::route::CategoryScore;
 
 use super::calibrate::softmax_t;
 use super::linear::LinearHead;
+use super::mlp::MlpHead;
 use super::Classifier;
 
 /// The file name inside an artefact directory.
 pub const ARTIFACT_FILE: &str = "classifier.json";
 const FORMAT: &str = "coe-router-classifier";
 /// Bumped whenever a field changes meaning; older or newer files are refused, not misread.
-pub const ARTIFACT_VERSION: u32 = 1;
+pub const ARTIFACT_VERSION: u32 = 2;
 
 /// How the artefact was evaluated before it was saved (informational).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -33,16 +35,76 @@ pub struct TrainingSummary {
     pub options: String,
 }
 
+/// What a classifier head must offer to be stored in an artefact and applied to embeddings.
+pub trait Head: Clone + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync {
+    /// The artefact's `kind` field for this head.
+    const KIND: &'static str;
+    /// Uncalibrated logits, one per label.
+    fn logits(&self, embedding: &[f32]) -> Vec<f32>;
+    /// Shape and value checks against the artefact's label count and embedding length.
+    fn validate(&self, classes: usize, dim: usize) -> Result<(), String>;
+}
+
+/// A trained, calibrated classifier of one head kind, as saved on disk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LinearClassifier {
+#[serde(bound = "H: Head")]
+pub struct TrainedClassifier<H> {
     pub format: String,
     pub version: u32,
+    /// Which head the weights belong to (`linear`, `mlp`).
+    pub kind: String,
     pub labels: Vec<String>,
     pub embedder: EmbedderIdentity,
-    pub head: LinearHead,
+    pub head: H,
     /// Logits are divided by this before the softmax (temperature scaling).
     pub temperature: f32,
     pub training: TrainingSummary,
+}
+
+/// Multinomial logistic regression (linfa).
+pub type LinearClassifier = TrainedClassifier<LinearHead>;
+/// A one-hidden-layer perceptron.
+pub type MlpClassifier = TrainedClassifier<MlpHead>;
+
+impl Head for LinearHead {
+    const KIND: &'static str = "linear";
+
+    fn logits(&self, embedding: &[f32]) -> Vec<f32> {
+        LinearHead::logits(self, embedding)
+    }
+
+    fn validate(&self, classes: usize, dim: usize) -> Result<(), String> {
+        if self.classes != classes || self.bias.len() != self.classes {
+            return Err(format!(
+                "{classes} labels but the head has {} classes and {} biases",
+                self.classes,
+                self.bias.len()
+            ));
+        }
+        if self.dim != dim || self.weights.len() != self.classes * self.dim {
+            return Err(format!(
+                "weights are {} floats, expected {} classes x {dim} dims",
+                self.weights.len(),
+                self.classes,
+            ));
+        }
+        if !self.weights.iter().chain(&self.bias).all(|x| x.is_finite()) {
+            return Err("weights contain NaN or infinity".into());
+        }
+        Ok(())
+    }
+}
+
+impl Head for MlpHead {
+    const KIND: &'static str = "mlp";
+
+    fn logits(&self, embedding: &[f32]) -> Vec<f32> {
+        MlpHead::logits(self, embedding)
+    }
+
+    fn validate(&self, classes: usize, dim: usize) -> Result<(), String> {
+        MlpHead::validate(self, classes, dim)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +138,18 @@ pub enum ArtifactError {
     },
 }
 
-impl LinearClassifier {
+impl<H: Head> TrainedClassifier<H> {
     pub fn new(
         labels: Vec<String>,
         embedder: EmbedderIdentity,
-        head: LinearHead,
+        head: H,
         temperature: f32,
         training: TrainingSummary,
     ) -> Self {
         Self {
             format: FORMAT.into(),
             version: ARTIFACT_VERSION,
+            kind: H::KIND.into(),
             labels,
             embedder,
             head,
@@ -97,7 +160,7 @@ impl LinearClassifier {
 
     /// Uncalibrated logits, one per label.
     pub fn logits(&self, embedding: &[f32]) -> Vec<f32> {
-        self.head.logits(embedding)
+        Head::logits(&self.head, embedding)
     }
 
     pub fn save(&self, dir: &Path) -> Result<PathBuf, ArtifactError> {
@@ -117,15 +180,7 @@ impl LinearClassifier {
 
     /// Loads and validates `dir/classifier.json` (or `dir` itself if it is the file).
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
-        let path = if dir.is_file() {
-            dir.to_path_buf()
-        } else {
-            dir.join(ARTIFACT_FILE)
-        };
-        let bytes = std::fs::read(&path).map_err(|source| ArtifactError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let (bytes, path) = read_artifact(dir)?;
         Self::from_json(&bytes, &path)
     }
 
@@ -149,13 +204,19 @@ impl LinearClassifier {
                 )))
             }
         }
+        let kind = value.get("kind").and_then(|k| k.as_str());
+        if kind != Some(H::KIND) {
+            return Err(corrupt(format!(
+                "kind is {kind:?}, expected {:?} (load it with AnyClassifier)",
+                H::KIND
+            )));
+        }
         let me: Self = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
         me.validate().map_err(corrupt)?;
         Ok(me)
     }
 
     fn validate(&self) -> Result<(), String> {
-        let h = &self.head;
         if self.labels.is_empty() {
             return Err("no labels".into());
         }
@@ -165,25 +226,7 @@ impl LinearClassifier {
         if sorted.len() != self.labels.len() || self.labels.iter().any(String::is_empty) {
             return Err("labels are empty or repeated".into());
         }
-        if h.classes != self.labels.len() || h.bias.len() != h.classes {
-            return Err(format!(
-                "{} labels but the head has {} classes and {} biases",
-                self.labels.len(),
-                h.classes,
-                h.bias.len()
-            ));
-        }
-        if h.dim != self.embedder.dim || h.weights.len() != h.classes * h.dim {
-            return Err(format!(
-                "weights are {} floats, expected {} classes x {} dims",
-                h.weights.len(),
-                h.classes,
-                self.embedder.dim
-            ));
-        }
-        if !h.weights.iter().chain(&h.bias).all(|x| x.is_finite()) {
-            return Err("weights contain NaN or infinity".into());
-        }
+        self.head.validate(self.labels.len(), self.embedder.dim)?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(format!(
                 "temperature {} is not a positive number",
@@ -213,7 +256,7 @@ impl LinearClassifier {
     }
 }
 
-impl Classifier for LinearClassifier {
+impl<H: Head> Classifier for TrainedClassifier<H> {
     fn labels(&self) -> &[String] {
         &self.labels
     }
@@ -224,6 +267,19 @@ impl Classifier for LinearClassifier {
 
     fn probabilities(&self, embedding: &[f32]) -> Vec<f32> {
         softmax_t(&self.logits(embedding), self.temperature)
+    }
+}
+
+/// The bytes of `dir/classifier.json` (or of `dir` itself if it is the file), and that path.
+pub(super) fn read_artifact(dir: &Path) -> Result<(Vec<u8>, PathBuf), ArtifactError> {
+    let path = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join(ARTIFACT_FILE)
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok((bytes, path)),
+        Err(source) => Err(ArtifactError::Read { path, source }),
     }
 }
 

@@ -19,7 +19,7 @@ pub struct LinearHead {
 
 /// A logit low enough that a class the head never saw gets no probability, yet finite so that
 /// softmax stays well defined.
-const ABSENT_CLASS_LOGIT: f32 = -1e4;
+pub(super) const ABSENT_CLASS_LOGIT: f32 = -1e4;
 
 /// How hard to fit: the L2 penalty `alpha` on `0.5 |W|^2` (added to the summed log-loss, so it is
 /// sklearn's `1 / C`) and the L-BFGS iteration cap.

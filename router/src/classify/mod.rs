@@ -1,6 +1,7 @@
 //! Category classification of embedded queries: training with linfa, temperature calibration,
 //! evaluation that holds out whole sources, and the versioned artefact.
 
+mod any;
 mod artifact;
 mod cache;
 mod calibrate;
@@ -8,11 +9,13 @@ mod dataset;
 mod evaluate;
 mod linear;
 mod metrics;
+mod mlp;
 mod train;
 
+pub use any::AnyClassifier;
 pub use artifact::{
-    sorted_scores, ArtifactError, LinearClassifier, TrainingSummary, ARTIFACT_FILE,
-    ARTIFACT_VERSION,
+    sorted_scores, ArtifactError, Head, LinearClassifier, MlpClassifier, TrainedClassifier,
+    TrainingSummary, ARTIFACT_FILE, ARTIFACT_VERSION,
 };
 pub use cache::EmbeddingCache;
 pub use calibrate::{expected_calibration_error, fit_temperature, softmax_t};
@@ -20,14 +23,16 @@ pub use dataset::{first_sentence, load_jsonl, question_stem, training_views, Exa
 pub use evaluate::evaluate;
 pub use linear::{FitParams, LinearHead};
 pub use metrics::EvalReport;
-pub use train::{train, GroupScore, Holdout, TrainOptions, TrainOutcome};
+pub use mlp::{MlpHead, MlpParams};
+pub use train::{train, GroupScore, HeadKind, Holdout, TrainOptions, TrainOutcome};
 
 use crate::embed::{EmbedError, EmbedderIdentity};
 use crate::route::CategoryScore;
 
 /// Embedding -> calibrated category probabilities.
 ///
-/// A seam: the trained linear model in production, fixed tables in tests of what consumes scores.
+/// A seam: the trained heads (`LinearClassifier`, `MlpClassifier`, either through
+/// `AnyClassifier`) in production, fixed tables in tests of what consumes scores.
 pub trait Classifier: Send + Sync {
     fn labels(&self) -> &[String];
 

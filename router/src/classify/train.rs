@@ -12,12 +12,14 @@ use tracing::info;
 
 use crate::embed::Embedder;
 
-use super::artifact::{LinearClassifier, TrainingSummary};
+use super::any::AnyClassifier;
+use super::artifact::{LinearClassifier, MlpClassifier, TrainingSummary};
 use super::cache::EmbeddingCache;
 use super::calibrate::{expected_calibration_error, fit_temperature, softmax_t};
 use super::dataset::{training_views, Example};
 use super::linear::{FitParams, LinearHead};
 use super::metrics::EvalReport;
+use super::mlp::{MlpHead, MlpParams};
 use super::ClassifyError;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,8 +32,32 @@ pub enum Holdout {
     Random(f64),
 }
 
+/// Which head to fit on the embeddings.
+#[derive(Clone, Copy, Debug)]
+pub enum HeadKind {
+    /// Multinomial logistic regression (linfa), regularised by `TrainOptions::fit`.
+    Linear,
+    Mlp(MlpParams),
+}
+
+/// A fitted head of either kind.
+enum Fitted {
+    Linear(LinearHead),
+    Mlp(MlpHead),
+}
+
+impl Fitted {
+    fn logits(&self, e: &[f32]) -> Vec<f32> {
+        match self {
+            Fitted::Linear(h) => h.logits(e),
+            Fitted::Mlp(h) => h.logits(e),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    pub head: HeadKind,
     pub fit: FitParams,
     /// Also train on each prompt's option-less stem and first sentence.
     pub views: bool,
@@ -47,6 +73,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
+            head: HeadKind::Linear,
             fit: FitParams::default(),
             views: true,
             balance: true,
@@ -59,8 +86,15 @@ impl Default for TrainOptions {
 
 impl TrainOptions {
     fn describe(&self) -> String {
+        let head = match self.head {
+            HeadKind::Linear => "linear".to_string(),
+            HeadKind::Mlp(p) => format!(
+                "mlp hidden={} epochs={} lr={} weight_decay={}",
+                p.hidden, p.epochs, p.learning_rate, p.weight_decay
+            ),
+        };
         format!(
-            "alpha={} max_iterations={} views={} balance={} holdout={:?} seed={}",
+            "head={head} alpha={} max_iterations={} views={} balance={} holdout={:?} seed={}",
             self.fit.alpha,
             self.fit.max_iterations,
             self.views,
@@ -81,7 +115,7 @@ pub struct GroupScore {
 }
 
 pub struct TrainOutcome {
-    pub classifier: LinearClassifier,
+    pub classifier: AnyClassifier,
     /// Calibrated held-out predictions (temperature cross-fitted across folds).
     pub held_out: EvalReport,
     pub by_group: Vec<GroupScore>,
@@ -94,8 +128,9 @@ struct Row {
     vector: usize,
 }
 
-/// splitmix64: a seeded, platform-independent stream for resampling and random splits.
-fn mix(mut x: u64) -> u64 {
+/// splitmix64: a seeded, platform-independent stream for resampling, random splits and the MLP's
+/// initialisation.
+pub(super) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -189,7 +224,7 @@ pub fn train(
         vec![("random".to_string(), held)]
     };
 
-    let fit = |train_examples: &dyn Fn(usize) -> bool| -> Result<LinearHead, ClassifyError> {
+    let fit = |train_examples: &dyn Fn(usize) -> bool| -> Result<Fitted, ClassifyError> {
         let chosen: Vec<&Row> = rows.iter().filter(|r| train_examples(r.example)).collect();
         let picked = if options.balance {
             resample(&chosen, examples, &label_of, options.seed)
@@ -201,7 +236,10 @@ pub fn train(
             .map(|r| vectors[r.vector].as_slice())
             .collect();
         let y: Vec<usize> = picked.iter().map(|r| label_of[r.example]).collect();
-        LinearHead::fit(&x, &y, labels.len(), options.fit)
+        Ok(match options.head {
+            HeadKind::Linear => Fitted::Linear(LinearHead::fit(&x, &y, labels.len(), options.fit)?),
+            HeadKind::Mlp(p) => Fitted::Mlp(MlpHead::fit(&x, &y, labels.len(), p)?),
+        })
     };
 
     // Held-out logits of every example some fold predicts.
@@ -295,14 +333,15 @@ pub fn train(
         held_out_ece: held_out.ece,
         options: options.describe(),
     };
+    let identity = embedder.identity().clone();
+    let classifier = match head {
+        Fitted::Linear(h) => {
+            LinearClassifier::new(labels, identity, h, temperature, summary).into()
+        }
+        Fitted::Mlp(h) => MlpClassifier::new(labels, identity, h, temperature, summary).into(),
+    };
     Ok(TrainOutcome {
-        classifier: LinearClassifier::new(
-            labels,
-            embedder.identity().clone(),
-            head,
-            temperature,
-            summary,
-        ),
+        classifier,
         held_out,
         by_group,
         protocol: if by_source {

@@ -10,6 +10,10 @@ use crate::error::RegistryError;
 use crate::store::{Change, Snapshot};
 use crate::validate::{check_category, VerifiedGguf};
 
+/// The threshold of a map the registry creates itself (the first add with a category); `coe map set`
+/// uses the same default.
+pub const DEFAULT_CONFIDENCE_THRESHOLD: f32 = 0.5;
+
 /// An add that passed the request and file checks, waiting for the state-dependent ones.
 #[derive(Clone, Debug)]
 pub struct NewExpert {
@@ -120,6 +124,9 @@ pub fn plan_add(state: &Snapshot, expert: &NewExpert) -> Result<Vec<Change>, Reg
         }
         if map.fallback_expert.is_empty() {
             map.fallback_expert = name.to_string();
+        }
+        if map.version == 1 {
+            map.confidence_threshold = DEFAULT_CONFIDENCE_THRESHOLD;
         }
         changes.push(Change::CategoryMap(map));
     }

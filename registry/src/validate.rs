@@ -147,7 +147,11 @@ fn read_header(reader: &mut BufReader<File>) -> Result<gguf_file::Content, Strin
         gguf_file::Content::read(reader)
     })) {
         Ok(Ok(content)) => Ok(content),
-        Ok(Err(e)) => Err(format!("the GGUF header does not parse: {e}")),
+        // candle appends a backtrace when RUST_BACKTRACE is set: the client gets the first line.
+        Ok(Err(e)) => Err(format!(
+            "the GGUF header does not parse: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )),
         Err(_) => Err("the GGUF header is malformed".into()),
     }
 }

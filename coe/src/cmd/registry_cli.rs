@@ -16,14 +16,16 @@ use tonic::Code;
 /// Where the registry is and how to print.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
-    /// The registry's address.
+    /// The address serving the registry: `coe serve` (default port 50051) or `coe registry` alone
+    /// (50052).
     #[arg(
         long,
-        env = "COE_REGISTRY",
+        alias = "registry",
+        env = "COE_SERVER",
         default_value = "127.0.0.1:50051",
         global = true
     )]
-    pub registry: String,
+    pub server: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -68,10 +70,16 @@ pub enum ExpertCommand {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "model"]))]
 pub struct AddArgs {
     pub name: String,
-    /// The GGUF file.
-    pub path: PathBuf,
+    /// The GGUF file, on the registry's host.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// A model of coe's manifest (e.g. qwen2.5-coder-1.5b), fetched and verified here with a progress
+    /// bar, then by the registry into its cache (the same one when both share a host).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Expected sha256 (hex); the add is refused when the file differs.
     #[arg(long)]
     pub sha256: Option<String>,
@@ -176,6 +184,8 @@ pub async fn run_registry(args: coe_registry::RegistryArgs) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    // On stdout, so scripts and tests that ask for port 0 learn the port.
+    println!("coe registry listening on {}", listener.local_addr()?);
     coe_registry::serve(args.config(), listener, crate::shutdown::signal()).await?;
     Ok(())
 }
@@ -210,17 +220,16 @@ fn finish(result: anyhow::Result<()>, json: bool) -> anyhow::Result<()> {
         let body =
             json!({"error": {"code": format!("{:?}", status.code()), "message": status.message()}});
         println!("{body}");
-    } else {
-        eprintln!("error: {}", status.message());
     }
+    eprintln!("error: {}", status.message());
     std::process::exit(code);
 }
 
 async fn connect(client: &ClientArgs) -> anyhow::Result<RegistryClient<Channel>> {
-    let endpoint = if client.registry.contains("://") {
-        client.registry.clone()
+    let endpoint = if client.server.contains("://") {
+        client.server.clone()
     } else {
-        format!("http://{}", client.registry)
+        format!("http://{}", client.server)
     };
     let channel = Channel::from_shared(endpoint.clone())?
         .connect_timeout(Duration::from_secs(5))
@@ -296,16 +305,45 @@ async fn expert(args: ExpertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the add with a spinner on a terminal: the registry checks and hashes the file first, which
-/// takes seconds for a large model.
+/// Sends the add. A manifest model is fetched and verified here first, with a progress bar; then a
+/// spinner runs while the registry checks and hashes the file, which takes seconds for a large model.
 async fn add_expert(
     client: &mut RegistryClient<Channel>,
     add: AddArgs,
     json: bool,
 ) -> anyhow::Result<pb::ExpertRecord> {
-    // The registry resolves paths on its own host: send an absolute one.
-    let path = std::path::absolute(&add.path)
-        .with_context(|| format!("resolving {}", add.path.display()))?;
+    let (source, shown) = match (add.file, add.model) {
+        (Some(file), _) => {
+            // The registry resolves paths on its own host: send an absolute one.
+            let path = std::path::absolute(&file)
+                .with_context(|| format!("resolving {}", file.display()))?;
+            let shown = path.display().to_string();
+            (pb::expert_source::Source::Path(shown.clone()), shown)
+        }
+        (None, Some(model)) => {
+            if let Err(e) = coe_fetch::Manifest::embedded().model(&model) {
+                return Err(tonic::Status::not_found(e.to_string()).into());
+            }
+            // A taken name fails now rather than after a download of a gigabyte; the registry
+            // checks again.
+            let name = pb::GetExpertRequest {
+                name: add.name.clone(),
+            };
+            if client.get_expert(name).await.is_ok() {
+                return Err(tonic::Status::already_exists(format!(
+                    "expert {:?} already exists; remove it first or pick another name",
+                    add.name
+                ))
+                .into());
+            }
+            let home = coe_fetch::coe_home();
+            let name = model.clone();
+            tokio::task::spawn_blocking(move || crate::models::fetch_with_progress(&home, &name))
+                .await??;
+            (pb::expert_source::Source::Model(model.clone()), model)
+        }
+        (None, None) => anyhow::bail!("give --file PATH or --model NAME"),
+    };
     let placement = if add.worker.is_some() || add.tier.is_some() || add.pin {
         Some(pb::Placement {
             worker: add.worker.unwrap_or_default(),
@@ -318,7 +356,7 @@ async fn add_expert(
     let request = pb::AddExpertRequest {
         name: add.name.clone(),
         source: Some(pb::ExpertSource {
-            source: Some(pb::expert_source::Source::Path(path.display().to_string())),
+            source: Some(source),
         }),
         sha256: add.sha256.unwrap_or_default(),
         categories: add.categories,
@@ -333,7 +371,7 @@ async fn add_expert(
         indicatif::ProgressBar::hidden()
     } else {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("checking and hashing {}", path.display()));
+        bar.set_message(format!("the registry is checking and hashing {shown}"));
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     };

@@ -1,23 +1,17 @@
 #!/usr/bin/env python3
-"""Baseline sentence-transformers embedding latency and throughput (CPU).
+"""The sentence-transformers baseline of `coe bench classify` (CPU torch).
 
-Measures, for a local sentence-transformers model directory:
+Reads a cases file, JSON ``{"short": str, "long": str, "batch": [str, ...]}``, and measures with
+all-MiniLM-L6-v2 from a local directory (Transformer -> mean Pooling -> Normalize, truncated at 256
+tokens, as the model's sentence-transformers configuration defines it):
 
-* single-text latency: ``model.encode([t])`` for every text in the texts file,
-  repeated K times; reports p50 / p99 / mean in milliseconds;
-* batch throughput: ``model.encode(batch, batch_size=B)`` on the first B texts
-  (cycled if the file has fewer), best of K; reports texts/s and tokens/s
-  (tokens counted with the model's tokenizer, truncated to max_seq_length,
-  including [CLS]/[SEP]).
+* single-query latency of ``model.encode([short])`` and ``model.encode([long])``, ``--samples``
+  times each after warm-up; p50 / p99 in milliseconds;
+* batch throughput: ``model.encode(batch, batch_size=len(batch))``, best of ``--repeats``; texts/s.
 
-Prints exactly one JSON line on stdout, e.g.::
+Prints one JSON line on stdout. Usage::
 
-    {"p50_ms": 6.1, "p99_ms": 11.4, "throughput_texts_per_s": 310.2,
-     "batch_tok_s": 4200.0, ...}
-
-Usage::
-
-    HF_HUB_OFFLINE=1 python bench/st_embed.py --model-dir DIR --texts-file texts.json
+    python bench/st_embed.py --model-dir DIR --cases cases.json [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,107 +19,75 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-DEFAULT_TEXTS = [
-    "What is the capital of France?",
-    "How do I reverse a list in Python?",
-    "Explain the difference between a process and a thread.",
-    "The weather is lovely today.",
-    "Write a haiku about the sea.",
-    "SELECT name FROM users WHERE id = 1;",
-    "Translate 'good morning' into Spanish.",
-    "What are the health benefits of green tea?",
-]
-
 
 def percentile(xs: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method)."""
     s = sorted(xs)
-    if len(s) == 1:
-        return s[0]
     pos = (len(s) - 1) * q / 100.0
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def load_model(model_dir: str):
+    from sentence_transformers import SentenceTransformer, models
+
+    # The cache holds the weights, config and tokenizer only; these are the modules the model's
+    # own modules.json / sentence_bert_config.json declare.
+    word = models.Transformer(model_dir, max_seq_length=256)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", required=True, help="local sentence-transformers model directory")
-    ap.add_argument("--texts-file", help="JSON file holding a list of strings (default: built-in 8 queries)")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--repeats", type=int, default=5, help="repeats K (default 5)")
-    ap.add_argument("--batch", type=int, default=32, help="batch size for the throughput run (default 32)")
-    ap.add_argument("--warmup", type=int, default=3, help="unmeasured warm-up encodes (default 3)")
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--cases", required=True, help="JSON file with short, long and batch texts")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=100, help="timed single-query encodes per text")
+    ap.add_argument("--repeats", type=int, default=5, help="timed batch encodes (best is kept)")
+    ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.batch < 1 or args.threads < 1:
-        ap.error("--repeats, --batch and --threads must be >= 1")
-    if not os.path.isdir(args.model_dir):
-        ap.error(f"model dir not found: {args.model_dir}")
-
-    if args.texts_file:
-        with open(args.texts_file, encoding="utf-8") as f:
-            texts = json.load(f)
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            ap.error("--texts-file must hold a non-empty JSON list of strings")
-    else:
-        texts = DEFAULT_TEXTS
+    with open(args.cases, encoding="utf-8") as f:
+        cases = json.load(f)
 
     import torch
-    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    model = SentenceTransformer(args.model_dir, device="cpu")
+    model = load_model(args.model_dir)
     model.eval()
-
+    out = {"threads": args.threads, "torch": torch.__version__}
     with torch.inference_mode():
-        for i in range(args.warmup):
-            model.encode([texts[i % len(texts)]], show_progress_bar=False)
-
-        lat_ms = []
-        for _ in range(args.repeats):
-            for t in texts:
+        for name in ("short", "long"):
+            text = cases[name]
+            for _ in range(args.warmup):
+                model.encode([text], show_progress_bar=False)
+            lat = []
+            for _ in range(args.samples):
                 t0 = time.perf_counter()
-                model.encode([t], show_progress_bar=False)
-                lat_ms.append((time.perf_counter() - t0) * 1000.0)
-
-        batch = [texts[i % len(texts)] for i in range(args.batch)]
-        tok = model.tokenizer
-        batch_tokens = sum(
-            len(tok(t, truncation=True, max_length=model.max_seq_length)["input_ids"]) for t in batch
-        )
-        model.encode(batch, batch_size=args.batch, show_progress_bar=False)
+                model.encode([text], show_progress_bar=False)
+                lat.append((time.perf_counter() - t0) * 1000.0)
+            out[f"{name}_p50_ms"] = percentile(lat, 50)
+            out[f"{name}_p99_ms"] = percentile(lat, 99)
+            out[f"{name}_tokens"] = len(model.tokenize([text])["input_ids"][0])
+        batch = cases["batch"]
+        model.encode(batch, batch_size=len(batch), show_progress_bar=False)
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            model.encode(batch, batch_size=args.batch, show_progress_bar=False)
+            model.encode(batch, batch_size=len(batch), show_progress_bar=False)
             best = min(best, time.perf_counter() - t0)
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {
-        "p50_ms": round(percentile(lat_ms, 50), 3),
-        "p99_ms": round(percentile(lat_ms, 99), 3),
-        "mean_ms": round(statistics.fmean(lat_ms), 3),
-        "throughput_texts_per_s": round(args.batch / best, 2),
-        "batch_tok_s": round(batch_tokens / best, 1),
-        "batch": args.batch,
-        "batch_tokens": batch_tokens,
-        "n_single": len(lat_ms),
-        "threads": args.threads,
-        "peak_rss_bytes": int(rss) if sys.platform == "darwin" else int(rss) * 1024,
-        "torch": torch.__version__,
-    }
+        out["throughput_texts_per_s"] = len(batch) / best
     print(json.dumps(out))
     return 0
 

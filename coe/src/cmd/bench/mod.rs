@@ -1,4 +1,5 @@
 //! `coe bench …`: benchmarks that print a table with ratios against a baseline measured in the same run.
+mod classify;
 mod decode;
 mod overhead;
 mod peer;
@@ -11,11 +12,16 @@ pub enum BenchCommand {
     Decode(decode::DecodeArgs),
     /// Time to first token through the router minus straight to the worker, against classify p50.
     Overhead(overhead::OverheadArgs),
+    /// Router embedder latency (short/long query) and batch throughput against sentence-transformers.
+    Classify(classify::ClassifyArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Overhead(args) => overhead::run(args).await,
+        BenchCommand::Classify(args) => {
+            tokio::task::spawn_blocking(move || classify::run(args)).await?
+        }
         BenchCommand::Decode(args) => {
             tokio::task::spawn_blocking(move || decode::run(args)).await?
         }

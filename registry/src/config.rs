@@ -23,13 +23,27 @@ pub struct RegistryConfig {
     pub limits: Limits,
 }
 
-/// The flags of `coe registry`.
+/// The flags of `coe registry`: where to listen, and the store flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RegistryArgs {
     /// Address to serve the registry's gRPC API on (`coe serve` takes 50051 and mounts the registry
     /// there too; this port is for the registry run alone).
     #[arg(long, env = "COE_REGISTRY_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: RegistryStoreArgs,
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> RegistryConfig {
+        self.store.config()
+    }
+}
+
+/// Where the registry keeps its data and what it accepts: flatten these into any command that runs
+/// a registry (`coe registry`, `coe serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RegistryStoreArgs {
     /// The embedded database file. Default: registry.redb under $COE_HOME (~/.cache/coe).
     #[arg(long, env = "COE_REGISTRY_DB")]
     pub db: Option<PathBuf>,
@@ -50,7 +64,7 @@ pub struct RegistryArgs {
     pub max_expert_bytes: Option<u64>,
 }
 
-impl RegistryArgs {
+impl RegistryStoreArgs {
     pub fn config(&self) -> RegistryConfig {
         let store = if self.etcd.is_empty() {
             let db = self

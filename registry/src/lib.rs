@@ -15,7 +15,7 @@ pub mod store;
 pub mod validate;
 mod watch;
 
-pub use config::{RegistryArgs, RegistryConfig, StoreConfig};
+pub use config::{RegistryArgs, RegistryConfig, RegistryStoreArgs, StoreConfig};
 pub use error::RegistryError;
 pub use grpc::RegistryService;
 pub use server::{open_registry, open_store, registry_grpc_service, serve, RegistryGrpcServer};

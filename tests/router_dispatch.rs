@@ -110,3 +110,51 @@ async fn worker_down_is_unavailable_naming_the_expert_and_the_worker() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn replicas_of_an_expert_share_the_load_and_a_down_replica_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestWorker::start(worker_config(&[SMOLLM]));
+    let mut b = TestWorker::start(worker_config(&[SMOLLM]));
+    // Both up before the router starts, so that its first discovery finds both replicas.
+    a.wait_serving(READY).await;
+    b.wait_serving(READY).await;
+    let mut config = router_config(&[a.addr, b.addr]);
+    config.category_map = Some(write_category_map(dir.path(), SMOLLM, SMOLLM, 0.0));
+    let router = TestRouter::start(config);
+    router.wait_serving(READY).await;
+    let mut client = router.client().await;
+    let long = || route_request("Tell me a very long story about the sea.", "", 1500);
+    // Two streams at once: the second goes to the replica with fewer open streams.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = client.generate(long()).await.unwrap().into_inner();
+        for _ in 0..2 {
+            stream.message().await.unwrap().expect("a message");
+        }
+        streams.push(stream);
+    }
+    assert_eq!(
+        (active_requests(&a).await, active_requests(&b).await),
+        (1, 1)
+    );
+    drop(streams);
+    // Let the hang-ups reach the workers before blocking this runtime on b's shutdown.
+    wait_worker_idle(&a, Duration::from_secs(5), "replica a after the hang-up").await;
+    wait_worker_idle(&b, Duration::from_secs(5), "replica b after the hang-up").await;
+
+    let b_addr = b.addr;
+    // Joined off this runtime: b's graceful shutdown waits for this test's connections to close.
+    let stopping = b.begin_shutdown();
+    tokio::task::spawn_blocking(move || stopping.join())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    for _ in 0..4 {
+        let out = collect_routed(&mut client, route_request("Hello!", "", 2))
+            .await
+            .unwrap_or_else(|e| panic!("a live replica must answer ({b_addr} is down): {e:?}"));
+        assert_eq!(out.answer.done.unwrap().expert, SMOLLM);
+    }
+}

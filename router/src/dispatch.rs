@@ -2,6 +2,11 @@
 //! of which worker hosts which expert learnt from each worker's health and GetStatus (refreshed in
 //! the background, and at once when an expert is missing), and a power-of-two-choices pick by
 //! in-flight requests across the replicas that host the same expert.
+//!
+//! The pick is ours rather than `tower::balance::p2c`: tower's load measures (`PendingRequests`)
+//! count a request until its response headers arrive, which for a token stream is at once, so
+//! every replica would look idle while generating. Here a stream counts against its worker until
+//! the stream is dropped, and the per-worker channels stay shared by every expert they host.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

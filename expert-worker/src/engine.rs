@@ -47,11 +47,18 @@ pub struct EngineHandle {
     queue: mpsc::Sender<EngineRequest>,
     load: Arc<EngineLoad>,
     capacity: usize,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<coe_models::QuantizedModel>>,
 }
 
 impl EngineHandle {
-    pub fn spawn(name: String, expert: LoadedExpert, limits: EngineLimits) -> Self {
+    /// Starts the engine thread; it calls `on_idle` each time its last sequence finishes, so whoever
+    /// waits for the expert to go idle (a demotion) learns it without polling.
+    pub fn spawn(
+        name: String,
+        expert: LoadedExpert,
+        limits: EngineLimits,
+        on_idle: impl Fn() + Send + 'static,
+    ) -> Self {
         let (queue, requests) = mpsc::channel(limits.queue_capacity.max(1));
         let load = Arc::new(EngineLoad::default());
         let engine = Engine {
@@ -62,6 +69,7 @@ impl EngineHandle {
             active: Vec::new(),
             max_active: limits.max_active.max(1),
             load: load.clone(),
+            on_idle: Box::new(on_idle),
         };
         let thread = std::thread::Builder::new()
             .name(format!("engine-{name}"))
@@ -95,13 +103,25 @@ impl EngineHandle {
         &self.load
     }
 
-    /// Closes the queue and waits (blocking) until every accepted request has finished.
-    pub fn drain(mut self) {
+    /// Closes the queue, waits (blocking) until every accepted request has finished, and hands the
+    /// model back (for a demotion that keeps it staged); `None` if the engine thread panicked.
+    pub fn drain(mut self) -> Option<coe_models::QuantizedModel> {
         let thread = self.thread.take();
         drop(self);
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
+        thread.and_then(|thread| thread.join().ok())
+    }
+
+    pub fn queued(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.load.active.load(Ordering::Relaxed)
+    }
+
+    /// Requests queued or computing now.
+    pub fn in_flight(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed) + self.load.active.load(Ordering::Relaxed)
     }
 }
 
@@ -129,10 +149,11 @@ struct Engine {
     active: Vec<Sequence>,
     max_active: usize,
     load: Arc<EngineLoad>,
+    on_idle: Box<dyn Fn() + Send>,
 }
 
 impl Engine {
-    fn run(mut self) {
+    fn run(mut self) -> coe_models::QuantizedModel {
         tracing::info!(expert = %self.name, "engine thread started");
         loop {
             if !self.admit() {
@@ -149,8 +170,12 @@ impl Engine {
                 }
             }
             self.load.active.store(self.active.len(), Ordering::Relaxed);
+            if self.active.is_empty() {
+                (self.on_idle)();
+            }
         }
         tracing::info!(expert = %self.name, "engine thread stopped");
+        self.model
     }
 
     /// Moves queued requests into the active set; blocks when idle. False once the queue is closed

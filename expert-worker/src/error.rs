@@ -27,6 +27,27 @@ pub enum WorkerError {
     Load { path: PathBuf, reason: String },
     #[error("expert {0:?} is shutting down")]
     ShuttingDown(String),
+    #[error("expert {expert:?} needs {bytes} bytes of weights, more than the worker's tiers can ever hold ({budgets}); raise --device-budget and --active-budget")]
+    BudgetTooSmall {
+        expert: String,
+        bytes: u64,
+        budgets: String,
+    },
+    #[error("no room to bring expert {expert:?} ({bytes} bytes) to Device: pinned or busy experts hold it (tiers used/budget: {usage}); retry later, unpin an expert or raise the budgets")]
+    TiersExhausted {
+        expert: String,
+        bytes: u64,
+        usage: String,
+    },
     #[error("internal error in expert {expert:?}: {reason}")]
     Internal { expert: String, reason: String },
+}
+
+impl WorkerError {
+    pub fn unknown(name: &str, known: &[String]) -> Self {
+        WorkerError::UnknownExpert {
+            name: name.to_string(),
+            known: known.join(", "),
+        }
+    }
 }

@@ -26,6 +26,17 @@ impl ExpertWorkerService {
     }
 }
 
+/// The worker's gRPC service, ready to mount on any tonic server (beside a router or registry).
+pub fn worker_grpc_service(
+    worker: Arc<Worker>,
+    worker_id: impl Into<String>,
+) -> pb::expert_worker_server::ExpertWorkerServer<ExpertWorkerService> {
+    pb::expert_worker_server::ExpertWorkerServer::new(ExpertWorkerService::new(
+        worker,
+        worker_id.into(),
+    ))
+}
+
 impl From<WorkerError> for Status {
     fn from(e: WorkerError) -> Self {
         let message = e.to_string();
@@ -35,8 +46,12 @@ impl From<WorkerError> for Status {
             WorkerError::InvalidRequest(_)
             | WorkerError::PromptTooLong { .. }
             | WorkerError::MaxTokensPastContext { .. } => Status::invalid_argument(message),
-            WorkerError::QueueFull { .. } => Status::resource_exhausted(message),
-            WorkerError::Load { .. } => Status::failed_precondition(message),
+            WorkerError::QueueFull { .. } | WorkerError::TiersExhausted { .. } => {
+                Status::resource_exhausted(message)
+            }
+            WorkerError::Load { .. } | WorkerError::BudgetTooSmall { .. } => {
+                Status::failed_precondition(message)
+            }
             WorkerError::ShuttingDown(_) => Status::unavailable(message),
             WorkerError::Internal { .. } => Status::internal(message),
         }
@@ -65,7 +80,7 @@ impl pb::expert_worker_server::ExpertWorker for ExpertWorkerService {
             prompt: request.prompt,
             sampling: sampling_from_proto(request.sampling),
         };
-        let events = self.worker.generate(core_request)?;
+        let events = self.worker.generate(core_request).await?;
         let stream = UnboundedReceiverStream::new(events).map(move |event| {
             Ok(pb::GenerateResponse {
                 request_id: request_id.clone(),
@@ -79,8 +94,10 @@ impl pb::expert_worker_server::ExpertWorker for ExpertWorkerService {
         &self,
         request: Request<pb::LoadExpertRequest>,
     ) -> Result<Response<pb::ExpertStatus>, Status> {
+        let request = request.into_inner();
+        let target = tier_from_proto(request.target_tier)?;
+        let pin = request.pin;
         let spec = request
-            .into_inner()
             .expert
             .ok_or_else(|| Status::invalid_argument("LoadExpert needs an expert spec"))?;
         let name =
@@ -95,9 +112,10 @@ impl pb::expert_worker_server::ExpertWorker for ExpertWorkerService {
             name,
             path: PathBuf::from(spec.path),
         };
-        let status = tokio::task::spawn_blocking(move || worker.load_blocking(spec))
-            .await
-            .map_err(|e| Status::internal(format!("load task failed: {e}")))??;
+        let status =
+            tokio::task::spawn_blocking(move || worker.load_blocking_in(spec, target, pin))
+                .await
+                .map_err(|e| Status::internal(format!("load task failed: {e}")))??;
         Ok(Response::new(status_to_proto(&status)))
     }
 
@@ -118,11 +136,22 @@ impl pb::expert_worker_server::ExpertWorker for ExpertWorkerService {
 
     async fn move_expert(
         &self,
-        _request: Request<pb::MoveExpertRequest>,
+        request: Request<pb::MoveExpertRequest>,
     ) -> Result<Response<pb::ExpertStatus>, Status> {
-        Err(Status::unimplemented(
-            "moving experts between tiers needs the tier manager, which this worker build does not have yet",
-        ))
+        let request = request.into_inner();
+        let tier = tier_from_proto(request.target_tier)?;
+        if tier.is_none() && request.pin.is_none() {
+            return Err(Status::invalid_argument(
+                "MoveExpert needs a target_tier, a pin, or both",
+            ));
+        }
+        let worker = self.worker.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            worker.move_blocking(&request.name, tier, request.pin)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("move task failed: {e}")))??;
+        Ok(Response::new(status_to_proto(&status)))
     }
 
     async fn get_status(
@@ -133,7 +162,16 @@ impl pb::expert_worker_server::ExpertWorker for ExpertWorkerService {
         Ok(Response::new(pb::WorkerStatus {
             worker_id: self.worker_id.clone(),
             experts: experts.iter().map(status_to_proto).collect(),
-            tiers: Vec::new(),
+            tiers: self
+                .worker
+                .tier_usage()
+                .iter()
+                .map(|u| pb::TierUsage {
+                    tier: tier_to_proto(u.tier) as i32,
+                    budget_bytes: u.budget_bytes,
+                    used_bytes: u.used_bytes,
+                })
+                .collect(),
         }))
     }
 }
@@ -222,13 +260,31 @@ pub fn tier_to_proto(tier: Tier) -> pb::Tier {
     }
 }
 
+/// `None` for TIER_UNSPECIFIED (the caller's default); an unknown number is bad input.
+pub fn tier_from_proto(tier: i32) -> Result<Option<Tier>, Status> {
+    match pb::Tier::try_from(tier) {
+        Ok(pb::Tier::Unspecified) => Ok(None),
+        Ok(pb::Tier::Storage) => Ok(Some(Tier::Storage)),
+        Ok(pb::Tier::Host) => Ok(Some(Tier::Host)),
+        Ok(pb::Tier::Device) => Ok(Some(Tier::Device)),
+        Ok(pb::Tier::Active) => Ok(Some(Tier::Active)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown tier {tier}: use TIER_STORAGE, TIER_HOST, TIER_DEVICE or TIER_ACTIVE"
+        ))),
+    }
+}
+
 fn status_to_proto(status: &worker::ExpertStatus) -> pb::ExpertStatus {
     pb::ExpertStatus {
         name: status.name.clone(),
         architecture: status.info.architecture.clone(),
         tier: tier_to_proto(status.tier) as i32,
-        pinned: false,
-        resident_bytes: status.info.weight_bytes,
+        pinned: status.pinned,
+        resident_bytes: if status.tier == Tier::Storage {
+            0
+        } else {
+            status.info.weight_bytes
+        },
         file_bytes: status.info.file_bytes,
         context_length: status.info.context_length as u32,
         queued_requests: status.queued as u32,

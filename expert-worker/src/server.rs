@@ -10,7 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::engine::EngineLimits;
 use crate::grpc::ExpertWorkerService;
-use crate::worker::{ExpertSpec, Worker};
+use crate::worker::{ExpertSpec, TierBudgets, Worker};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -19,6 +19,33 @@ pub struct WorkerConfig {
     pub queue_capacity: usize,
     pub max_active: usize,
     pub max_context: usize,
+    pub budgets: TierBudgets,
+}
+
+impl Worker {
+    /// The worker a config describes, with no expert registered yet: call
+    /// [`Worker::load_configured_blocking`] (on a blocking thread) to register `config.experts`.
+    pub fn from_config(config: &WorkerConfig) -> Arc<Worker> {
+        Arc::new(Worker::with_budgets(
+            EngineLimits {
+                queue_capacity: config.queue_capacity,
+                max_active: config.max_active,
+            },
+            config.max_context,
+            config.budgets,
+        ))
+    }
+
+    /// Registers each configured expert into Device, in order (later ones may demote earlier ones
+    /// when the Device budget holds fewer). Blocking.
+    pub fn load_configured_blocking(
+        &self,
+        experts: Vec<ExpertSpec>,
+    ) -> Result<(), crate::WorkerError> {
+        experts
+            .into_iter()
+            .try_for_each(|spec| self.load_blocking(spec).map(|_| ()))
+    }
 }
 
 /// Reflection that lists only the services this server runs (the descriptor set has them all).
@@ -36,13 +63,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::WorkerError> {
-    let worker = Arc::new(Worker::new(
-        EngineLimits {
-            queue_capacity: config.queue_capacity,
-            max_active: config.max_active,
-        },
-        config.max_context,
-    ));
+    tracing::info!(?config, "worker configuration");
+    let worker = Worker::from_config(&config);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<pb::expert_worker_server::ExpertWorkerServer<ExpertWorkerService>>()
@@ -76,13 +98,8 @@ pub async fn serve(
         let health = health.clone();
         let experts = config.experts.clone();
         tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || {
-                experts
-                    .into_iter()
-                    .map(|spec| worker.load_blocking(spec).map(|_| ()))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await;
+            let loaded =
+                tokio::task::spawn_blocking(move || worker.load_configured_blocking(experts)).await;
             match loaded {
                 Ok(Ok(_)) => {
                     health

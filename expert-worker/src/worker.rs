@@ -1,16 +1,14 @@
 //! The worker's core, free of gRPC: which experts it hosts, and how a request becomes engine work.
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use coe_core::{ChatMessage, ExpertName, GenerationEvent, SamplingParams, Tier};
 use tokio::sync::mpsc;
 
-use crate::engine::{EngineHandle, EngineLimits, EngineRequest};
+use crate::engine::{EngineLimits, EngineRequest};
 use crate::error::WorkerError;
-use crate::expert::{ExpertInfo, ExpertText, LoadedExpert};
+use crate::tiers::{Submit, TierManager};
 
 /// An expert to host: its name and GGUF file.
 #[derive(Clone, Debug)]
@@ -29,111 +27,81 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
 }
 
-#[derive(Clone, Debug)]
-pub struct ExpertStatus {
-    pub name: String,
-    pub path: PathBuf,
-    pub tier: Tier,
-    pub info: ExpertInfo,
-    pub queued: usize,
-    pub active: usize,
-}
+pub use crate::tiers::{ExpertStatus, TierBudgets, TierUsage};
 
-struct HostedExpert {
-    spec: ExpertSpec,
-    info: ExpertInfo,
-    text: Arc<ExpertText>,
-    engine: EngineHandle,
-}
-
+/// The worker: its experts live in the tier manager, which promotes them to Device on demand.
 pub struct Worker {
-    experts: RwLock<BTreeMap<String, Arc<HostedExpert>>>,
-    limits: EngineLimits,
-    max_context: usize,
+    tiers: Arc<TierManager>,
 }
 
 impl Worker {
+    /// A worker with the default budgets (room for the default experts).
     pub fn new(limits: EngineLimits, max_context: usize) -> Self {
+        Self::with_budgets(limits, max_context, TierBudgets::default())
+    }
+
+    pub fn with_budgets(limits: EngineLimits, max_context: usize, budgets: TierBudgets) -> Self {
         Self {
-            experts: RwLock::new(BTreeMap::new()),
-            limits,
-            max_context,
+            tiers: Arc::new(TierManager::new(budgets, limits, max_context)),
         }
     }
 
-    /// Loads an expert's model (blocking: call from a blocking context) and starts its engine.
+    /// Registers an expert and brings it to Device, demoting others if the budget needs it.
+    /// Blocking: call from a blocking context.
     pub fn load_blocking(&self, spec: ExpertSpec) -> Result<ExpertStatus, WorkerError> {
-        let name = spec.name.to_string();
-        if self.read().contains_key(&name) {
-            return Err(WorkerError::AlreadyLoaded(name));
-        }
+        self.load_blocking_in(spec, None, false)
+    }
+
+    /// Registers an expert into `tier` (Device when `None`), pinned or not. Blocking.
+    pub fn load_blocking_in(
+        &self,
+        spec: ExpertSpec,
+        tier: Option<Tier>,
+        pinned: bool,
+    ) -> Result<ExpertStatus, WorkerError> {
         let started = Instant::now();
-        let loaded = LoadedExpert::load(&spec.path, self.max_context)?;
-        let hosted = Arc::new(HostedExpert {
-            info: loaded.info.clone(),
-            text: loaded.text.clone(),
-            engine: EngineHandle::spawn(name.clone(), loaded, self.limits),
-            spec,
-        });
+        let status = self.tiers.register(spec, tier, pinned)?;
         tracing::info!(
-            expert = %name,
-            architecture = %hosted.info.architecture,
-            context_length = hosted.info.context_length,
-            weight_bytes = hosted.info.weight_bytes,
+            expert = %status.name,
+            architecture = %status.info.architecture,
+            tier = status.tier.as_str(),
+            pinned,
+            weight_bytes = status.info.weight_bytes,
             load_ms = started.elapsed().as_millis() as u64,
-            "expert loaded"
+            "expert registered"
         );
-        let mut experts = self.experts.write().expect("expert map lock");
-        if experts.contains_key(&name) {
-            return Err(WorkerError::AlreadyLoaded(name));
-        }
-        experts.insert(name, hosted.clone());
-        Ok(status_of(&hosted))
+        Ok(status)
+    }
+
+    /// Moves an expert to a tier and/or sets its pin. Blocking.
+    pub fn move_blocking(
+        &self,
+        name: &str,
+        tier: Option<Tier>,
+        pinned: Option<bool>,
+    ) -> Result<ExpertStatus, WorkerError> {
+        self.tiers.move_expert(name, tier, pinned)
     }
 
     /// Forgets an expert, then waits (blocking) for its accepted requests to finish.
     pub fn unload_blocking(&self, name: &str) -> Result<ExpertStatus, WorkerError> {
-        let hosted = self
-            .experts
-            .write()
-            .expect("expert map lock")
-            .remove(name)
-            .ok_or_else(|| self.unknown(name))?;
-        let status = status_of(&hosted);
-        // Requests being admitted hold clones of the Arc only briefly; wait for them to let go.
-        let mut hosted = hosted;
-        let engine = loop {
-            match Arc::try_unwrap(hosted) {
-                Ok(expert) => break expert.engine,
-                Err(shared) => {
-                    hosted = shared;
-                    std::thread::yield_now();
-                }
-            }
-        };
-        engine.drain();
-        tracing::info!(expert = %name, "expert unloaded");
-        Ok(status)
+        self.tiers.unload(name)
     }
 
-    /// Validates and tokenises a request, then queues it on the expert's engine. Errors come back
-    /// before anything is streamed.
-    pub fn generate(
+    /// Validates and tokenises a request, then queues it on the expert's engine, promoting the expert
+    /// to Device first when it is not there. Errors come back before anything is streamed.
+    pub async fn generate(
         &self,
         request: GenerateRequest,
     ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, WorkerError> {
         let enqueued_at = Instant::now();
-        let hosted = self
-            .read()
-            .get(&request.expert)
-            .cloned()
-            .ok_or_else(|| self.unknown(&request.expert))?;
+        let (header, info) = self.tiers.header(&request.expert)?;
         request
             .sampling
             .validate()
             .map_err(|e| WorkerError::InvalidRequest(e.to_string()))?;
         validate_input(&request.messages, &request.prompt)?;
-        let context_length = hosted.info.context_length;
+        let context_length = info.context_length;
         if request.sampling.max_tokens as usize > context_length {
             return Err(WorkerError::MaxTokensPastContext {
                 expert: request.expert,
@@ -141,7 +109,7 @@ impl Worker {
                 context_length,
             });
         }
-        let prompt_ids = hosted
+        let prompt_ids = header
             .text
             .encode_prompt(&request.messages, &request.prompt)?;
         // At least one position must stay free for the first generated token.
@@ -153,26 +121,55 @@ impl Worker {
             });
         }
         let (events, receiver) = mpsc::unbounded_channel();
-        hosted.engine.submit(EngineRequest {
+        let engine_request = EngineRequest {
             request_id: request.request_id,
             prompt_ids,
             sampling: request.sampling,
             events,
             enqueued_at,
-        })?;
-        Ok(receiver)
+        };
+        match self.tiers.try_submit(&request.expert, engine_request) {
+            Ok(()) => Ok(receiver),
+            Err(Submit::Failed(e)) => Err(e),
+            Err(Submit::Pending(engine_request)) => {
+                // Promotion reads and repacks files and waits for room: never on the executor.
+                let tiers = self.tiers.clone();
+                let name = request.expert.clone();
+                tokio::task::spawn_blocking(move || {
+                    tiers.promote_and_submit(&name, engine_request)
+                })
+                .await
+                .map_err(|e| WorkerError::Internal {
+                    expert: request.expert.clone(),
+                    reason: format!("promotion task failed: {e}"),
+                })??;
+                Ok(receiver)
+            }
+        }
     }
 
     pub fn status(&self) -> Vec<ExpertStatus> {
-        self.read().values().map(|h| status_of(h)).collect()
+        self.tiers.status()
+    }
+
+    /// Each tier's budget and use.
+    pub fn tier_usage(&self) -> Vec<TierUsage> {
+        self.tiers.usage()
+    }
+
+    pub fn budgets(&self) -> TierBudgets {
+        self.tiers.budgets()
     }
 
     pub fn expert_names(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        self.tiers.names()
     }
 
     pub fn expert_path(&self, name: &str) -> Option<PathBuf> {
-        self.read().get(name).map(|h| h.spec.path.clone())
+        self.status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.path)
     }
 
     /// Closes every engine's queue and waits for accepted work to finish.
@@ -180,34 +177,6 @@ impl Worker {
         for name in self.expert_names() {
             let _ = self.unload_blocking(&name);
         }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<HostedExpert>>> {
-        self.experts.read().expect("expert map lock")
-    }
-
-    fn unknown(&self, name: &str) -> WorkerError {
-        WorkerError::UnknownExpert {
-            name: name.to_string(),
-            known: self.expert_names().join(", "),
-        }
-    }
-}
-
-fn status_of(hosted: &HostedExpert) -> ExpertStatus {
-    let load = hosted.engine.load();
-    let active = load.active.load(Ordering::Relaxed);
-    ExpertStatus {
-        name: hosted.spec.name.to_string(),
-        path: hosted.spec.path.clone(),
-        tier: if active > 0 {
-            Tier::Active
-        } else {
-            Tier::Device
-        },
-        info: hosted.info.clone(),
-        queued: load.queued.load(Ordering::Relaxed),
-        active,
     }
 }
 

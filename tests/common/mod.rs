@@ -36,6 +36,7 @@ pub fn worker_config(experts: &[&str]) -> WorkerConfig {
         queue_capacity: 8,
         max_active: 2,
         max_context: 2048,
+        budgets: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use coe_core::ExpertName;
 use coe_expert_worker::engine::EngineLimits;
 use coe_expert_worker::grpc::ExpertWorkerService;
-use coe_expert_worker::{ExpertSpec, Worker, WorkerConfig};
+use coe_expert_worker::{ExpertSpec, TierBudgets, Worker, WorkerConfig};
 use coe_proto::v1 as pb;
 use tonic_health::ServingStatus;
 
@@ -55,6 +55,29 @@ pub struct ServeArgs {
     /// This worker's id, reported in status.
     #[arg(long, env = "COE_WORKER_ID", default_value = "worker-0")]
     pub worker_id: String,
+    /// Bytes of expert weights with an engine (Device tier); others are demoted to make room.
+    #[arg(long, env = "COE_DEVICE_BUDGET", default_value_t = TierBudgets::default().device_bytes)]
+    pub device_budget: u64,
+    /// Bytes of repacked weights staged in memory without an engine (Host tier).
+    #[arg(long, env = "COE_HOST_BUDGET", default_value_t = TierBudgets::default().host_bytes)]
+    pub host_budget: u64,
+    /// Bytes of weights of experts computing at once (Active tier).
+    #[arg(long, env = "COE_ACTIVE_BUDGET", default_value_t = TierBudgets::default().active_bytes)]
+    pub active_budget: u64,
+    /// Seconds a request waits for room in the tiers before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COE_TIER_WAIT_SECS", default_value_t = TierBudgets::default().wait.as_secs())]
+    pub tier_wait_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn budgets(&self) -> TierBudgets {
+        TierBudgets {
+            active_bytes: self.active_budget,
+            device_bytes: self.device_budget,
+            host_bytes: self.host_budget,
+            wait: std::time::Duration::from_secs(self.tier_wait_secs),
+        }
+    }
 }
 
 fn install_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
@@ -103,6 +126,7 @@ pub async fn run(args: ServeArgs, mode: &str) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     println!("coe {mode} listening on {}", listener.local_addr()?);
     let config = WorkerConfig {
+        budgets: args.budgets(),
         worker_id: args.worker_id,
         experts,
         queue_capacity: args.queue_capacity,
@@ -130,12 +154,13 @@ pub async fn run_all(args: ServeAllArgs) -> anyhow::Result<()> {
         .set_service_status("", ServingStatus::NotServing)
         .await;
     health.set_not_serving::<WorkerServer>().await;
-    let worker = Arc::new(Worker::new(
+    let worker = Arc::new(Worker::with_budgets(
         EngineLimits {
             queue_capacity: args.worker.queue_capacity,
             max_active: args.worker.max_active,
         },
         args.worker.max_context,
+        args.worker.budgets(),
     ));
     let worker_service = WorkerServer::new(ExpertWorkerService::new(
         worker.clone(),

@@ -3,6 +3,7 @@ mod classify;
 mod decode;
 mod overhead;
 mod peer;
+mod swap;
 
 use clap::Subcommand;
 
@@ -14,6 +15,8 @@ pub enum BenchCommand {
     Overhead(overhead::OverheadArgs),
     /// Router embedder latency (short/long query) and batch throughput against sentence-transformers.
     Classify(classify::ClassifyArgs),
+    /// Tier swap times of each expert (Storage->Device cold, Host->Device, naive) against disk and memcpy floors.
+    Swap(swap::SwapArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -22,6 +25,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Classify(args) => {
             tokio::task::spawn_blocking(move || classify::run(args)).await?
         }
+        BenchCommand::Swap(args) => tokio::task::spawn_blocking(move || swap::run(args)).await?,
         BenchCommand::Decode(args) => {
             tokio::task::spawn_blocking(move || decode::run(args)).await?
         }

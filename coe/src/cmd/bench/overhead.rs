@@ -60,6 +60,7 @@ pub async fn run(args: OverheadArgs) -> anyhow::Result<()> {
             queue_capacity: 8,
             max_active: 1,
             max_context: 2048,
+            budgets: Default::default(),
         },
         worker_listener,
         stopped(stop_rx.clone()),

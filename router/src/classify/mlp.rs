@@ -62,7 +62,7 @@ impl Param {
         let shape = value.raw_dim();
         Self {
             value,
-            m: Array2::zeros(shape.clone()),
+            m: Array2::zeros(shape),
             v: Array2::zeros(shape),
             decay,
         }

@@ -165,6 +165,9 @@ impl Engine {
                     Step::Continue => i += 1,
                     Step::Finished(finish) => {
                         let seq = self.active.swap_remove(i);
+                        // Counted out before the client hears Done, so a status it asks for next
+                        // no longer shows this request in flight.
+                        self.load.active.store(self.active.len(), Ordering::Relaxed);
                         self.finish(seq, finish);
                     }
                 }

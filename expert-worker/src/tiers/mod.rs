@@ -13,6 +13,7 @@
 //!
 //! All state sits behind one mutex; moves run outside it with the expert marked `Moving`, so a second
 //! request for the same expert joins the running move (waits on the condvar) instead of starting one.
+mod moves;
 mod policy;
 mod stats;
 
@@ -26,7 +27,7 @@ use coe_models::QuantizedModel;
 
 use crate::engine::{EngineHandle, EngineLimits, EngineRequest};
 use crate::error::WorkerError;
-use crate::expert::{ExpertHeader, ExpertInfo, LoadedExpert};
+use crate::expert::{ExpertHeader, ExpertInfo};
 use crate::worker::ExpertSpec;
 pub use policy::{plan_room, Candidate, Plan};
 
@@ -89,7 +90,8 @@ pub struct ExpertStatus {
 
 enum Residence {
     Storage,
-    Host(QuantizedModel),
+    // Boxed: a model is far larger than the other variants.
+    Host(Box<QuantizedModel>),
     Device(EngineHandle),
     /// A move runs outside the lock; its bytes count against both tiers until it lands.
     Moving {
@@ -382,258 +384,6 @@ impl TierManager {
         }
     }
 
-    /// Demotes `victims` (idle, chosen under the lock) and promotes `name` from `from` to Device.
-    fn promote(&self, name: &str, from: Tier, victims: &[String]) -> Result<(), WorkerError> {
-        let mut state = self.lock();
-        // The plan was made under an earlier hold of the lock: take only what is still as planned.
-        let mut engines = Vec::new();
-        for victim in victims {
-            if let Some(entry) = state.get_mut(victim) {
-                if matches!(&entry.residence, Residence::Device(e) if e.in_flight() == 0) {
-                    let moving = Residence::Moving {
-                        from: Tier::Device,
-                        to: Tier::Host,
-                    };
-                    if let Residence::Device(engine) =
-                        std::mem::replace(&mut entry.residence, moving)
-                    {
-                        engines.push((victim.clone(), engine));
-                    }
-                }
-            }
-        }
-        let Some(entry) = state.get_mut(name) else {
-            drop(state);
-            self.finish_demotions(engines);
-            return Err(WorkerError::unknown(name, &[]));
-        };
-        if entry.tier() != from {
-            // Someone else moved it meanwhile; put the victims back and let the caller look again.
-            drop(state);
-            self.finish_demotions(engines);
-            return Ok(());
-        }
-        let staged = std::mem::replace(
-            &mut entry.residence,
-            Residence::Moving {
-                from,
-                to: Tier::Device,
-            },
-        );
-        let (header, path) = (entry.header.clone(), entry.spec.path.clone());
-        drop(state);
-        self.finish_demotions(engines);
-
-        let started = Instant::now();
-        let built = match staged {
-            Residence::Host(model) => Ok(model),
-            _ => self.stage(name, &header, &path),
-        };
-        let mut state = self.lock();
-        let entry = state
-            .get_mut(name)
-            .expect("a moving expert is never removed");
-        match built {
-            Ok(model) => {
-                let handed = Instant::now();
-                let loaded = LoadedExpert::from_parts(&header, model);
-                entry.info = loaded.info.clone();
-                let shared = self.shared.clone();
-                let engine =
-                    EngineHandle::spawn(name.to_string(), loaded, self.limits, move || {
-                        let _held = shared.state.lock();
-                        shared.changed.notify_all();
-                    });
-                entry.residence = Residence::Device(engine);
-                entry.promotions += 1;
-                entry.reload_cost = started.elapsed();
-                stats::moved(
-                    name,
-                    Tier::Host,
-                    Tier::Device,
-                    entry.info.weight_bytes,
-                    handed.elapsed(),
-                );
-                self.publish(&state);
-                drop(state);
-                self.notify();
-                Ok(())
-            }
-            Err(e) => {
-                entry.residence = Residence::Storage;
-                drop(state);
-                self.notify();
-                Err(e)
-            }
-        }
-    }
-
-    /// Storage -> Host: reads the file (large sequential reads) and repacks its tensors.
-    fn stage(
-        &self,
-        name: &str,
-        header: &ExpertHeader,
-        path: &std::path::Path,
-    ) -> Result<QuantizedModel, WorkerError> {
-        let started = Instant::now();
-        let model = header.build_model(path, self.max_context)?;
-        stats::moved(
-            name,
-            Tier::Storage,
-            Tier::Host,
-            model.weight_bytes(),
-            started.elapsed(),
-        );
-        Ok(model)
-    }
-
-    /// Drains demoted engines, then stages their models in Host where the Host budget has room
-    /// (dropping least recently used Host experts to Storage), else drops them to Storage.
-    fn finish_demotions(&self, engines: Vec<(String, EngineHandle)>) {
-        for (name, engine) in engines {
-            let started = Instant::now();
-            let model = engine.drain();
-            let mut state = self.lock();
-            let bytes = model.as_ref().map_or(0, |m| m.weight_bytes());
-            let to = match model {
-                Some(model) if self.make_host_room(&mut state, &name, bytes) => {
-                    Residence::Host(model)
-                }
-                _ => Residence::Storage,
-            };
-            let tier = if matches!(to, Residence::Host(_)) {
-                Tier::Host
-            } else {
-                Tier::Storage
-            };
-            if let Some(entry) = state.get_mut(&name) {
-                entry.residence = to;
-            }
-            stats::moved(&name, Tier::Device, tier, bytes, started.elapsed());
-            self.publish(&state);
-        }
-        self.notify();
-    }
-
-    /// Drops idle, unpinned Host experts (least recently used first) to Storage until `bytes` fit.
-    fn make_host_room(&self, state: &mut State, name: &str, bytes: u64) -> bool {
-        let budget = self.budgets.host_bytes;
-        let mut host: Vec<(Instant, String, u64)> = state
-            .iter()
-            .filter(|(n, e)| *n != name && !e.pinned && matches!(e.residence, Residence::Host(_)))
-            .map(|(n, e)| (e.last_used, n.clone(), e.info.weight_bytes))
-            .collect();
-        host.sort();
-        let mut used = used(state, Tier::Host).saturating_sub(bytes);
-        if bytes > budget {
-            return false;
-        }
-        for (_, victim, victim_bytes) in host {
-            if used + bytes <= budget {
-                break;
-            }
-            if let Some(entry) = state.get_mut(&victim) {
-                entry.residence = Residence::Storage;
-                used -= victim_bytes;
-                stats::moved(
-                    &victim,
-                    Tier::Host,
-                    Tier::Storage,
-                    victim_bytes,
-                    Duration::ZERO,
-                );
-            }
-        }
-        used + bytes <= budget
-    }
-
-    /// Explicit moves (preload, MoveExpert, registration).
-    fn move_to(&self, name: &str, tier: Tier) -> Result<(), WorkerError> {
-        let deadline = Instant::now() + self.budgets.wait;
-        if matches!(tier, Tier::Device | Tier::Active) {
-            let state = self.promote_locked(self.lock(), name, deadline)?;
-            drop(state);
-            return Ok(());
-        }
-        let mut state = self.lock();
-        loop {
-            let entry = state.get_mut(name).ok_or_else(|| unknown_in(name))?;
-            match (&entry.residence, tier) {
-                (Residence::Moving { .. }, _) => {
-                    state = self.wait(state, Some(deadline), name)?;
-                }
-                (Residence::Storage, Tier::Storage) | (Residence::Host(_), Tier::Host) => {
-                    return Ok(())
-                }
-                (Residence::Host(_), _) => {
-                    entry.residence = Residence::Storage;
-                    stats::moved(
-                        name,
-                        Tier::Host,
-                        Tier::Storage,
-                        entry.info.weight_bytes,
-                        Duration::ZERO,
-                    );
-                    self.publish(&state);
-                    return Ok(());
-                }
-                (Residence::Device(_), _) => {
-                    let moving = Residence::Moving {
-                        from: Tier::Device,
-                        to: tier,
-                    };
-                    let Residence::Device(engine) = std::mem::replace(&mut entry.residence, moving)
-                    else {
-                        unreachable!("matched Device above")
-                    };
-                    let draining = engine.in_flight();
-                    drop(state);
-                    tracing::info!(
-                        expert = name,
-                        draining,
-                        "demoting: waiting for accepted requests"
-                    );
-                    self.finish_demotions(vec![(name.to_string(), engine)]);
-                    state = self.lock();
-                    if tier == Tier::Storage {
-                        if let Some(entry) = state.get_mut(name) {
-                            entry.residence = Residence::Storage;
-                        }
-                        self.publish(&state);
-                        return Ok(());
-                    }
-                }
-                (Residence::Storage, _) => {
-                    let bytes = entry.info.weight_bytes;
-                    if !self.make_host_room(&mut state, name, bytes) {
-                        return Err(self.exhausted(&state, name, bytes));
-                    }
-                    let entry = state.get_mut(name).expect("checked above");
-                    entry.residence = Residence::Moving {
-                        from: Tier::Storage,
-                        to: Tier::Host,
-                    };
-                    let (header, path) = (entry.header.clone(), entry.spec.path.clone());
-                    drop(state);
-                    let staged = self.stage(name, &header, &path);
-                    state = self.lock();
-                    let entry = state
-                        .get_mut(name)
-                        .expect("a moving expert is never removed");
-                    let (residence, result) = match staged {
-                        Ok(model) => (Residence::Host(model), Ok(())),
-                        Err(e) => (Residence::Storage, Err(e)),
-                    };
-                    entry.residence = residence;
-                    self.publish(&state);
-                    drop(state);
-                    self.notify();
-                    return result;
-                }
-            }
-        }
-    }
-
     fn wait<'a>(
         &'a self,
         state: MutexGuard<'a, State>,
@@ -685,6 +435,13 @@ impl TierManager {
     }
 }
 
+fn idle_on_device(state: &State, name: &str) -> bool {
+    matches!(
+        state.get(name).map(|e| &e.residence),
+        Some(Residence::Device(engine)) if engine.in_flight() == 0
+    )
+}
+
 fn candidates(state: &State, except: &str) -> Vec<Candidate> {
     let now = Instant::now();
     state
@@ -693,7 +450,7 @@ fn candidates(state: &State, except: &str) -> Vec<Candidate> {
         .map(|(n, e)| Candidate {
             name: n.clone(),
             bytes: e.info.weight_bytes,
-            idle: matches!(&e.residence, Residence::Device(engine) if engine.in_flight() == 0),
+            idle: idle_on_device(state, n),
             pinned: e.pinned,
             since_last_use: now.duration_since(e.last_used),
             reload_cost: e.reload_cost,

@@ -19,9 +19,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs everything in one process on embedded defaults (fetching the models on first start).
-    Serve(cmd::serve::ServeAllArgs),
+    Serve(cmd::serve_all::ServeAllArgs),
     /// Runs the expert worker alone.
-    Worker(cmd::serve::ServeArgs),
+    Worker(cmd::serve::WorkerArgs),
     /// Streams an answer to the terminal.
     Ask(cmd::ask::AskArgs),
     /// Shows what a worker hosts, in which tier, and how full each tier is.
@@ -55,8 +55,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run_all(args).await,
-            Command::Worker(args) => cmd::serve::run(args, "worker").await,
+            Command::Serve(args) => cmd::serve_all::run(args).await,
+            Command::Worker(args) => cmd::serve::run(args).await,
             Command::Ask(args) => cmd::ask::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
             Command::Fetch(args) => cmd::fetch::run(args).await,

@@ -21,12 +21,14 @@
 //! // on shutdown, after the server stopped accepting (blocking):
 //! worker.shutdown_blocking();
 //! ```
-//! [`serve`] does all of this for a worker that runs alone.
+//! [`serve`] does all of this for a worker that runs alone; [`registry_follow`] makes a worker load,
+//! move and unload experts as the registry's Watch stream says.
 
 pub mod engine;
 pub mod error;
 pub mod expert;
 pub mod grpc;
+pub mod registry_follow;
 pub mod sampler;
 pub mod server;
 pub mod text_stream;
@@ -35,6 +37,7 @@ pub mod worker;
 
 pub use error::WorkerError;
 pub use grpc::worker_grpc_service;
-pub use server::{serve, WorkerConfig};
+pub use registry_follow::{spawn_registry_follower, FollowProgress};
+pub use server::{serve, FollowConfig, WorkerConfig};
 pub use tiers::{TierBudgets, TierUsage};
 pub use worker::{ExpertSpec, ExpertStatus, Worker};

@@ -20,6 +20,15 @@ pub struct WorkerConfig {
     pub max_active: usize,
     pub max_context: usize,
     pub budgets: TierBudgets,
+    /// Follow a registry: host the experts it places on this worker (see [`crate::registry_follow`]).
+    pub follow: Option<FollowConfig>,
+}
+
+/// Where the registry is, and where to fetch files it names that are not on this machine.
+#[derive(Clone, Debug)]
+pub struct FollowConfig {
+    pub registry: String,
+    pub home: std::path::PathBuf,
 }
 
 impl Worker {
@@ -57,7 +66,8 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .with_service_name("grpc.health.v1.Health")
 }
 
-/// Serves until `shutdown` resolves. Health stays NOT_SERVING until every configured expert loaded.
+/// Serves until `shutdown` resolves. Health stays NOT_SERVING until every configured expert loaded
+/// and, when following a registry, until the registry's state at connection time is applied.
 pub async fn serve(
     config: WorkerConfig,
     listener: TcpListener,
@@ -92,6 +102,16 @@ pub async fn serve(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "worker listening; loading experts");
 
+    let following = config.follow.clone().map(|follow| {
+        crate::registry_follow::spawn_registry_follower(
+            worker.clone(),
+            follow.registry,
+            config.worker_id.clone(),
+            follow.home,
+        )
+    });
+    let mut follow_progress = following.as_ref().map(|(_, progress)| progress.clone());
+
     // Load in the background so health and reflection answer while models load.
     let loader = {
         let worker = worker.clone();
@@ -100,6 +120,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let loaded =
                 tokio::task::spawn_blocking(move || worker.load_configured_blocking(experts)).await;
+            if let (Ok(Ok(_)), Some(progress)) = (&loaded, follow_progress.as_mut()) {
+                tracing::info!("waiting for the registry's experts");
+                let _ = progress.wait_for(|p| p.synced).await;
+            }
             match loaded {
                 Ok(Ok(_)) => {
                     health
@@ -159,6 +183,9 @@ pub async fn serve(
             expert: String::new(),
             reason: e.to_string(),
         })?;
+    if let Some((follower, _)) = following {
+        follower.abort();
+    }
     tokio::task::spawn_blocking(move || worker.shutdown_blocking())
         .await
         .ok();

@@ -89,7 +89,8 @@ fn unknown_expert(state: &Snapshot, name: &str) -> RegistryError {
     }
 }
 
-/// The record, then (when it names categories the map lacks) a new map version sending them to it:
+/// The record, then (when it names categories the map does not send to it yet) a new map version
+/// sending them to it:
 /// the expert exists before any map names it, for followers applying events in order. A map without
 /// a fallback yet gets this expert as its fallback, so every map version is one a rollback can
 /// restore.
@@ -110,15 +111,24 @@ pub fn plan_add(state: &Snapshot, expert: &NewExpert) -> Result<Vec<Change>, Reg
         revision: 0,
     };
     let mut changes = vec![Change::ExpertUpserted(record)];
-    let new_categories: Vec<&String> = expert
+    // The categories an expert is added with are the ones it answers from now on: new ones join
+    // the map and mapped ones move to it, in a new map version (so `coe map rollback` undoes it).
+    let moved_categories: Vec<&String> = expert
         .categories
         .iter()
-        .filter(|c| !state.map.category_to_expert.contains_key(c.as_str()))
+        .filter(|c| {
+            state
+                .map
+                .category_to_expert
+                .get(c.as_str())
+                .map(String::as_str)
+                != Some(name)
+        })
         .collect();
-    if !new_categories.is_empty() {
+    if !moved_categories.is_empty() {
         let mut map = state.map.clone();
         map.version += 1;
-        for category in new_categories {
+        for category in moved_categories {
             map.category_to_expert
                 .insert(category.clone(), name.to_string());
         }

@@ -10,7 +10,7 @@ use coe_core::ExpertName;
 use coe_proto::v1 as pb;
 use tonic::Status;
 
-use crate::classify::{ArtifactError, Classifier, LinearClassifier};
+use crate::classify::{AnyClassifier, ArtifactError, Classifier};
 use crate::config::{CategoryMap, MapError, MapHandle};
 use crate::dispatch::{DispatchError, Dispatched, Dispatcher};
 use crate::embed::{BatcherConfig, EmbedBatcher, EmbedError, Embedder, MiniLm};
@@ -23,6 +23,9 @@ pub struct RouterConfig {
     pub workers: Vec<String>,
     /// A TOML or JSON category map; the embedded default when `None`.
     pub category_map: Option<PathBuf>,
+    /// A map to start with instead of the file (e.g. the registry's current one); wins over
+    /// `category_map`.
+    pub initial_map: Option<CategoryMap>,
     /// A registry to follow for category-map changes.
     pub registry: Option<String>,
     /// A classifier directory made by `coe router train`; the shipped one when `None`.
@@ -42,6 +45,7 @@ impl RouterConfig {
         Self {
             workers,
             category_map: None,
+            initial_map: None,
             registry: None,
             classifier: None,
             max_prompt_bytes: 32 * 1024,
@@ -126,13 +130,14 @@ impl RouterCore {
         if config.workers.is_empty() {
             return Err(RouterError::NoWorkers);
         }
-        let map = match &config.category_map {
-            Some(path) => CategoryMap::load(path)?,
-            None => CategoryMap::embedded_default(),
+        let map = match (&config.initial_map, &config.category_map) {
+            (Some(map), _) => map.clone(),
+            (None, Some(path)) => CategoryMap::load(path)?,
+            (None, None) => CategoryMap::embedded_default(),
         };
         let maps = MapHandle::new(map.clone())?;
         let classifier: Arc<dyn Classifier> = match config.classifier.clone() {
-            Some(dir) => Arc::new(blocking(move || LinearClassifier::load(&dir)).await?),
+            Some(dir) => Arc::new(blocking(move || AnyClassifier::load(&dir)).await?),
             None => Arc::new(crate::default_classifier()?),
         };
         let home = config.home.clone();

@@ -37,6 +37,7 @@ pub fn worker_config(experts: &[&str]) -> WorkerConfig {
         max_active: 2,
         max_context: 2048,
         budgets: Default::default(),
+        follow: None,
     }
 }
 

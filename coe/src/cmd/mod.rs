@@ -6,4 +6,5 @@ pub mod registry_cli;
 pub mod router_cli;
 pub mod router_serve;
 pub mod serve;
+pub mod serve_all;
 pub mod status;

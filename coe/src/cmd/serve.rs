@@ -1,30 +1,12 @@
-//! `coe serve` and `coe worker`: `worker` runs the expert worker alone; `serve` runs the router and
-//! the worker in one process on one tonic server, the router's service on the public port and the
-//! worker's service beside it (the router dispatches to that same address).
+//! `coe worker` (the expert worker alone, optionally following a registry) and the worker flags that
+//! `coe serve` (serve_all.rs) shares.
 use std::path::PathBuf;
-use std::sync::Arc;
 
+use crate::models::{gguf_path, DEFAULT_EXPERTS};
 use anyhow::Context;
 use clap::Args;
 use coe_core::ExpertName;
-use coe_expert_worker::engine::EngineLimits;
-use coe_expert_worker::grpc::ExpertWorkerService;
-use coe_expert_worker::{ExpertSpec, TierBudgets, Worker, WorkerConfig};
-use coe_proto::v1 as pb;
-use tonic_health::ServingStatus;
-
-use super::router_serve::RouterOptions;
-use crate::models::{gguf_path, DEFAULT_EXPERTS};
-
-type WorkerServer = pb::expert_worker_server::ExpertWorkerServer<ExpertWorkerService>;
-
-#[derive(Args, Debug)]
-pub struct ServeAllArgs {
-    #[command(flatten)]
-    pub worker: ServeArgs,
-    #[command(flatten)]
-    pub router: RouterOptions,
-}
+use coe_expert_worker::{ExpertSpec, FollowConfig, TierBudgets, WorkerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -80,7 +62,7 @@ impl ServeArgs {
     }
 }
 
-fn install_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+pub(crate) fn install_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     if let Some(addr) = addr {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -91,10 +73,11 @@ fn install_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
 }
 
 /// The configured experts, fetched if needed.
-async fn expert_specs(args: &ServeArgs) -> anyhow::Result<Vec<ExpertSpec>> {
+pub(crate) async fn expert_specs(args: &ServeArgs) -> anyhow::Result<Vec<ExpertSpec>> {
     let home = args.home.clone().unwrap_or_else(coe_fetch::coe_home);
     let mut experts = Vec::new();
-    for model in &args.experts {
+    // An empty COE_EXPERTS (a worker that takes its experts from the registry) names no expert.
+    for model in args.experts.iter().filter(|m| !m.trim().is_empty()) {
         let fetch_home = home.clone();
         let model_name = model.clone();
         let path =
@@ -116,9 +99,25 @@ async fn expert_specs(args: &ServeArgs) -> anyhow::Result<Vec<ExpertSpec>> {
     Ok(experts)
 }
 
+/// The flags of `coe worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub worker: ServeArgs,
+    /// Follow this registry (host:port or URI): host the experts it places on this worker (by
+    /// `--worker-id`) or on no worker in particular, and load, move and unload them as it changes.
+    #[arg(long, env = "COE_REGISTRY")]
+    pub registry: Option<String>,
+}
+
 /// `coe worker`: the expert worker alone.
-pub async fn run(args: ServeArgs, mode: &str) -> anyhow::Result<()> {
-    tracing::info!(mode, config = ?args, "effective configuration");
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let mode = "worker";
+    let WorkerArgs {
+        worker: args,
+        registry,
+    } = args;
+    tracing::info!(mode, config = ?args, ?registry, "effective configuration");
     install_metrics(args.metrics_listen)?;
     let experts = expert_specs(&args).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -132,101 +131,11 @@ pub async fn run(args: ServeArgs, mode: &str) -> anyhow::Result<()> {
         queue_capacity: args.queue_capacity,
         max_active: args.max_active,
         max_context: args.max_context,
+        follow: registry.map(|registry| FollowConfig {
+            registry,
+            home: args.home.clone().unwrap_or_else(coe_fetch::coe_home),
+        }),
     };
     coe_expert_worker::serve(config, listener, crate::shutdown::signal()).await?;
     Ok(())
-}
-
-/// `coe serve`: router and worker in one process, on one port, with one health reporter and one
-/// reflection service.
-pub async fn run_all(args: ServeAllArgs) -> anyhow::Result<()> {
-    tracing::info!(config = ?args, "effective configuration");
-    install_metrics(args.worker.metrics_listen)?;
-    let experts = expert_specs(&args.worker).await?;
-    let listener = tokio::net::TcpListener::bind(&args.worker.listen)
-        .await
-        .with_context(|| format!("binding {}", args.worker.listen))?;
-    let addr = listener.local_addr()?;
-    println!("coe serve listening on {addr}");
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health.set_not_serving::<WorkerServer>().await;
-    let worker = Arc::new(Worker::with_budgets(
-        EngineLimits {
-            queue_capacity: args.worker.queue_capacity,
-            max_active: args.worker.max_active,
-        },
-        args.worker.max_context,
-        args.worker.budgets(),
-    ));
-    let worker_service = WorkerServer::new(ExpertWorkerService::new(
-        worker.clone(),
-        args.worker.worker_id.clone(),
-    ));
-    // The router dispatches to the worker service on this same server.
-    let config = args
-        .router
-        .config(vec![addr.to_string()], args.worker.home.clone());
-    let (router_service, router_loading) = coe_router::start(config, health.clone());
-
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-    let ready = {
-        let (worker, health) = (worker.clone(), health.clone());
-        async move {
-            let loaded = tokio::task::spawn_blocking(move || {
-                experts
-                    .into_iter()
-                    .try_for_each(|spec| worker.load_blocking(spec).map(|_| ()))
-            })
-            .await?;
-            loaded.context("loading the configured experts")?;
-            health.set_serving::<WorkerServer>().await;
-            router_loading.await?.context("starting the router")?;
-            health.set_service_status("", ServingStatus::Serving).await;
-            tracing::info!("router and worker SERVING");
-            anyhow::Ok(())
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = ready.await {
-            let _ = failed_tx.send(e);
-        }
-    });
-    let (failure_tx, failure_rx) = tokio::sync::oneshot::channel();
-    let signal = {
-        let health = health.clone();
-        async move {
-            let failure = tokio::select! {
-                _ = crate::shutdown::signal() => None,
-                Ok(e) = failed_rx => Some(e),
-            };
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(coe_router::ROUTER_SERVICE, ServingStatus::NotServing)
-                .await;
-            health.set_not_serving::<WorkerServer>().await;
-            tracing::info!("shutting down: draining in-flight streams");
-            let _ = failure_tx.send(failure);
-        }
-    };
-    let services = [coe_router::ROUTER_SERVICE, "coe.v1.ExpertWorker"];
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(coe_router::reflection_builder(&services).build_v1()?)
-        .add_service(coe_router::reflection_builder(&services).build_v1alpha()?)
-        .add_service(router_service)
-        .add_service(worker_service)
-        .serve_with_incoming_shutdown(coe_router::server::incoming(listener), signal)
-        .await?;
-    tokio::task::spawn_blocking(move || worker.shutdown_blocking()).await?;
-    tracing::info!("coe serve stopped");
-    match failure_rx.await {
-        Ok(Some(e)) => Err(e),
-        _ => Ok(()),
-    }
 }

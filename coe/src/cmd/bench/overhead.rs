@@ -61,6 +61,7 @@ pub async fn run(args: OverheadArgs) -> anyhow::Result<()> {
             max_active: 1,
             max_context: 2048,
             budgets: Default::default(),
+            follow: None,
         },
         worker_listener,
         stopped(stop_rx.clone()),

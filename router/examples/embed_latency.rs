@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     }
     let data = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../data/router/router_train_balanced.jsonl"
+        "/../data/router/router_train.jsonl"
     ))?;
     let prompts: Vec<String> = data
         .lines()

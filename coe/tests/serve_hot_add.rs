@@ -1,6 +1,7 @@
 //! `coe serve` runs registry, router and worker in one process: `coe expert add` with a category makes
 //! a new expert answer that category without a restart, and a rollback of the map plus `coe expert rm`
-//! take it away again. Everything goes through the real binary and its CLI, as a user would.
+//! take it away again; `coe expert move|pin` reach the worker's tiers. Everything goes through the
+//! real binary and its CLI, as a user would.
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -94,6 +95,40 @@ async fn wait_serving(addr: SocketAddr) {
         }
     }
     panic!("coe serve closed its health stream before SERVING");
+}
+
+/// (tier, pinned) of one expert in `coe status --json`.
+fn placement(status_json: &[u8], expert: &str) -> Option<(String, bool)> {
+    let status: serde_json::Value = serde_json::from_slice(status_json).expect("coe status --json");
+    status["experts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == expert)
+        .map(|e| {
+            (
+                e["tier"].as_str().unwrap().to_string(),
+                e["pinned"].as_bool().unwrap(),
+            )
+        })
+}
+
+/// Polls `coe status` until `expert` is in `tier` with `pinned`.
+async fn wait_placed(addr: SocketAddr, expert: &str, tier: &str, pinned: bool) {
+    let since = Instant::now();
+    loop {
+        let status = cli(addr, &["status", "--json"]).await;
+        assert!(status.status.success());
+        let got = placement(&status.stdout, expert);
+        if got == Some((tier.to_string(), pinned)) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "{expert} is {got:?}, not ({tier}, pinned={pinned})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn hosted(status_json: &[u8]) -> Vec<String> {
@@ -196,4 +231,20 @@ async fn an_expert_added_to_a_running_serve_answers_its_category_and_goes_away_w
         Some(3),
         "a removed expert is not found"
     );
+
+    // Placements recorded in the registry reach the worker: a move to Host, then a pin.
+    let moved = cli(addr, &["expert", "move", "gemma-3-270m", "--tier", "host"]).await;
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    wait_placed(addr, "gemma-3-270m", "host", false).await;
+    let pinned = cli(addr, &["expert", "pin", "smollm2-135m-instruct"]).await;
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    wait_placed(addr, "smollm2-135m-instruct", "device", true).await;
 }

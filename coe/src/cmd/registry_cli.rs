@@ -391,9 +391,11 @@ async fn place(
         .get_expert(pb::GetExpertRequest { name: name.clone() })
         .await?
         .into_inner();
+    // No placement yet: any worker, and the tier left to the worker's policy (a pin alone must not
+    // move the expert).
     let mut placement = record.placement.unwrap_or(pb::Placement {
         worker: String::new(),
-        tier: pb::Tier::Storage as i32,
+        tier: pb::Tier::Unspecified as i32,
         pinned: false,
     });
     change(&mut placement);

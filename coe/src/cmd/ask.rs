@@ -47,9 +47,19 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         expert: args.expert.unwrap_or_default(),
         ..Default::default()
     };
-    let mut stream = client.generate(request).await?.into_inner();
+    let mut stream = match client.generate(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => anyhow::bail!(
+            "{endpoint} serves no router (a worker or registry alone?); ask `coe serve` or `coe router`"
+        ),
+        Err(status) => anyhow::bail!("{}: {}", status.code(), status.message()),
+    };
     let mut stdout = std::io::stdout();
-    while let Some(message) = stream.message().await? {
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+    {
         match message.event {
             Some(pb::route_response::Event::Decision(decision)) => {
                 writeln!(stdout, "{}", describe(&decision))?;

@@ -3,12 +3,13 @@
 //! take it away again; `coe expert move|pin` reach the worker's tiers. Everything goes through the
 //! real binary and its CLI, as a user would.
 use std::net::SocketAddr;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio_stream::StreamExt;
+
+mod registry_support;
+use registry_support::{coe_bin, spawn_listening, wait_health};
 
 const LISTENING: &str = "coe serve listening on ";
 const CODE_PROMPT: &str = "write a python function that reverses a list";
@@ -16,7 +17,7 @@ const ORIGINAL_CODE_EXPERT: &str = "qwen2.5-coder-0.5b-instruct";
 const NEW_EXPERT: &str = "tiny-coder";
 
 fn coe() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_coe"));
+    let mut command = Command::new(coe_bin());
     command.env("COE_LOG", "warn");
     command
 }
@@ -74,29 +75,6 @@ async fn wait_routed_to(addr: SocketAddr, want: &str) {
     }
 }
 
-async fn wait_serving(addr: SocketAddr) {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut statuses = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(status) = statuses.next().await {
-        if status.unwrap().status == ServingStatus::Serving as i32 {
-            return;
-        }
-    }
-    panic!("coe serve closed its health stream before SERVING");
-}
-
 /// (tier, pinned) of one expert in `coe status --json`.
 fn placement(status_json: &[u8], expert: &str) -> Option<(String, bool)> {
     let status: serde_json::Value = serde_json::from_slice(status_json).expect("coe status --json");
@@ -144,26 +122,15 @@ fn hosted(status_json: &[u8]) -> Vec<String> {
 #[tokio::test]
 async fn an_expert_added_to_a_running_serve_answers_its_category_and_goes_away_when_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = coe()
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("registry.redb"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting coe serve");
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("coe serve exited before listening");
-        if let Some(addr) = line.strip_prefix(LISTENING) {
-            break addr.trim().parse().unwrap();
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(600), wait_serving(addr))
+    let args: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        dir.path().join("registry.redb").into(),
+    ];
+    let (_server, addr) = spawn_listening(&args, LISTENING).await;
+    tokio::time::timeout(Duration::from_secs(600), wait_health(addr, ""))
         .await
         .expect("coe serve did not report SERVING");
 

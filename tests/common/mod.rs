@@ -42,14 +42,23 @@ pub fn worker_config(experts: &[&str]) -> WorkerConfig {
 }
 
 /// A worker serving on loopback from a thread and runtime of its own, so it outlives any one test.
-pub struct TestWorker {
+pub type TestWorker = LoopbackServer<coe_expert_worker::WorkerError>;
+
+/// A server on 127.0.0.1:0 driven by a thread and runtime of its own, so a test's runtime never
+/// starves it; dropped, it is asked to shut down gracefully.
+pub struct LoopbackServer<E> {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), coe_expert_worker::WorkerError>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), E>>>,
 }
 
-impl TestWorker {
-    pub fn start(config: WorkerConfig) -> Self {
+impl<E: Send + 'static> LoopbackServer<E> {
+    /// Binds a port and runs `serve(listener, shutdown)` on it until the shutdown future resolves.
+    fn spawn<F, Fut>(what: &str, serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, ShutdownSignal) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -61,13 +70,18 @@ impl TestWorker {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                coe_expert_worker::serve(config, listener, async {
-                    let _ = shutdown_rx.await;
-                })
+                serve(
+                    listener,
+                    Box::pin(async {
+                        let _ = shutdown_rx.await;
+                    }),
+                )
                 .await
             })
         });
-        let addr = addr_rx.recv().expect("the worker bound a port");
+        let addr = addr_rx
+            .recv()
+            .unwrap_or_else(|_| panic!("the {what} bound a port"));
         Self {
             addr,
             shutdown: Some(shutdown_tx),
@@ -76,13 +90,35 @@ impl TestWorker {
     }
 
     /// Asks for a graceful shutdown and returns a handle that resolves when serve() returned.
-    pub fn begin_shutdown(
-        &mut self,
-    ) -> std::thread::JoinHandle<Result<(), coe_expert_worker::WorkerError>> {
+    pub fn begin_shutdown(&mut self) -> std::thread::JoinHandle<Result<(), E>> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.thread.take().expect("shutdown once")
+    }
+
+    /// Waits, without asking it to stop, until serve() returns by itself (a failed start).
+    pub fn wait_exit(&mut self) -> std::thread::Result<Result<(), E>> {
+        self.thread.take().expect("wait once").join()
+    }
+}
+
+impl<E> Drop for LoopbackServer<E> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The shutdown future a [`LoopbackServer`] hands to its serve function.
+type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl TestWorker {
+    pub fn start(config: WorkerConfig) -> Self {
+        Self::spawn("worker", move |listener, shutdown| {
+            coe_expert_worker::serve(config, listener, shutdown)
+        })
     }
 
     pub async fn channel(&self) -> Channel {
@@ -107,14 +143,6 @@ impl TestWorker {
                 "worker not SERVING after {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for TestWorker {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
         }
     }
 }
@@ -187,11 +215,7 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 /// A router serving on loopback from a thread and runtime of its own, like [`TestWorker`].
-pub struct TestRouter {
-    pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), coe_router::RouterError>>>,
-}
+pub type TestRouter = LoopbackServer<coe_router::RouterError>;
 
 /// A router in front of `workers` with the shipped classifier and category map.
 pub fn router_config(workers: &[SocketAddr]) -> coe_router::RouterConfig {
@@ -200,44 +224,9 @@ pub fn router_config(workers: &[SocketAddr]) -> coe_router::RouterConfig {
 
 impl TestRouter {
     pub fn start(config: coe_router::RouterConfig) -> Self {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                coe_router::serve(config, listener, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-            })
-        });
-        let addr = addr_rx.recv().expect("the router bound a port");
-        Self {
-            addr,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Asks for a graceful shutdown and returns a handle that resolves when serve() returned.
-    pub fn begin_shutdown(
-        &mut self,
-    ) -> std::thread::JoinHandle<Result<(), coe_router::RouterError>> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.thread.take().expect("shutdown once")
-    }
-
-    /// Waits, without asking it to stop, until serve() returns by itself (a failed start).
-    pub fn wait_exit(&mut self) -> std::thread::Result<Result<(), coe_router::RouterError>> {
-        self.thread.take().expect("wait once").join()
+        Self::spawn("router", move |listener, shutdown| {
+            coe_router::serve(config, listener, shutdown)
+        })
     }
 
     pub async fn client(&self) -> pb::router_client::RouterClient<Channel> {
@@ -247,14 +236,6 @@ impl TestRouter {
     /// Waits on the health Watch stream until SERVING; panics after `limit`.
     pub async fn wait_serving(&self, limit: Duration) {
         wait_health(self.addr, "", limit).await
-    }
-}
-
-impl Drop for TestRouter {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

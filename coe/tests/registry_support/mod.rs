@@ -1,5 +1,5 @@
-//! Starts the real `coe registry` binary on a port of its own and talks to it over gRPC, for the
-//! registry's CLI and kill -9 tests.
+//! Starts the real `coe` binary (a registry, or `coe serve`) on a port of its own and talks to it
+//! over gRPC, for the registry's CLI and kill -9 tests and the `coe serve` test.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -33,27 +33,13 @@ pub struct RegistryProcess {
 impl RegistryProcess {
     /// Starts it on 127.0.0.1:0 and returns once its health reports SERVING.
     pub async fn start(db: &Path, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(coe_bin())
-            .args(["registry", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra_args)
-            .env("COE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting coe registry");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr: SocketAddr = loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("coe registry exited before listening");
-            if let Some(addr) = line.strip_prefix(LISTENING) {
-                break addr.trim().parse().unwrap();
-            }
-        };
+        let mut args: Vec<std::ffi::OsString> = ["registry", "--listen", "127.0.0.1:0", "--db"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        args.push(db.into());
+        args.extend(extra_args.iter().map(Into::into));
+        let (child, addr) = spawn_listening(&args, LISTENING).await;
         wait_serving(addr).await;
         Self { child, addr }
     }
@@ -71,9 +57,38 @@ impl RegistryProcess {
     }
 }
 
+/// Starts `coe ARGS` (killed on drop) and returns once it printed `<prefix><address>` on stdout.
+pub async fn spawn_listening(args: &[std::ffi::OsString], prefix: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(coe_bin())
+        .args(args)
+        .env("COE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting coe");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("coe {args:?} exited before listening"));
+        if let Some(addr) = line.strip_prefix(prefix) {
+            break addr.trim().parse().unwrap();
+        }
+    };
+    (child, addr)
+}
+
 /// Follows grpc.health.v1 Watch until the registry reports SERVING: it answers NOT_SERVING until its
 /// store is open.
 pub async fn wait_serving(addr: SocketAddr) {
+    wait_health(addr, "coe.v1.Registry").await
+}
+
+/// Follows grpc.health.v1 Watch of `service` ("" for the whole server) until SERVING.
+pub async fn wait_health(addr: SocketAddr, service: &str) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -83,7 +98,7 @@ pub async fn wait_serving(addr: SocketAddr) {
         .expect("the registry's port is bound before it is printed");
     let mut statuses = HealthClient::new(channel)
         .watch(HealthCheckRequest {
-            service: "coe.v1.Registry".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
@@ -93,7 +108,7 @@ pub async fn wait_serving(addr: SocketAddr) {
             return;
         }
     }
-    panic!("the registry at {addr} closed its health stream before SERVING");
+    panic!("the server at {addr} closed its health stream before SERVING");
 }
 
 pub fn add_request(name: &str, path: &Path) -> pb::AddExpertRequest {

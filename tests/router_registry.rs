@@ -26,16 +26,7 @@ fn map_to(expert: &str) -> pb::CategoryMap {
 async fn expert_for(
     client: &mut pb::router_client::RouterClient<tonic::transport::Channel>,
 ) -> String {
-    let decision = client
-        .classify(pb::ClassifyRequest {
-            text: "write a python function that reverses a list".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = classify(client, "write a python function that reverses a list").await;
     decision.experts[0].clone()
 }
 

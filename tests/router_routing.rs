@@ -152,16 +152,7 @@ async fn explicit_expert_skips_classification() {
 #[tokio::test]
 async fn classify_returns_the_decision_generate_would_take() {
     let mut client = router_client().await;
-    let decision = client
-        .classify(pb::ClassifyRequest {
-            text: "what is the capital of France".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let decision = classify(&mut client, "what is the capital of France").await;
     assert_eq!(decision.experts, vec![SMOLLM.to_string()]);
     assert_eq!(decision.categories.len(), 8);
 }

@@ -319,3 +319,20 @@ pub fn write_category_map(dir: &Path, expert: &str, fallback: &str, threshold: f
     std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
     path
 }
+
+/// The router's Classify decision for `text`.
+pub async fn classify(
+    client: &mut pb::router_client::RouterClient<Channel>,
+    text: &str,
+) -> pb::RouteDecision {
+    client
+        .classify(pb::ClassifyRequest {
+            text: text.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap()
+}

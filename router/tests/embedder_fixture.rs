@@ -1,7 +1,8 @@
 //! The MiniLM embedder reproduces sentence-transformers: every text of the recorded fixture
-//! (tests/fixtures/embeddings, made by scripts/record_embedding_fixture.py) embeds to cosine >= 0.9999.
+//! (tests/fixtures/embeddings, made by scripts/record_embedding_fixture.py) embeds to cosine >= 0.9999,
+//! on every dense kernel this machine can run (AMX bf16, AVX-512 f16, portable f32).
 
-use coe_router::embed::{Embedder, MiniLm, MINILM_MODEL};
+use coe_router::embed::{DenseKernel, Embedder, MiniLm, MINILM_MODEL};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -36,7 +37,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn embeddings_match_sentence_transformers() {
     let fx = fixture();
-    let mut model = MiniLm::load(&coe_fetch::coe_home()).expect("load MiniLM");
+    let kernels = DenseKernel::all_available();
+    assert!(kernels.contains(&DenseKernel::Portable));
+    for kernel in kernels {
+        check_kernel(&fx, kernel);
+    }
+}
+
+fn check_kernel(fx: &Fixture, kernel: DenseKernel) {
+    let k = kernel.name();
+    let mut model = MiniLm::load_with_kernel(&coe_fetch::coe_home(), kernel).expect("load MiniLM");
+    assert_eq!(model.kernel(), kernel);
     assert_eq!(fx.model, MINILM_MODEL);
     assert_eq!(model.identity().weights_sha256, fx.model_safetensors_sha256);
 
@@ -54,14 +65,14 @@ fn embeddings_match_sentence_transformers() {
         for (how, v) in [("batched", got), ("alone", &single)] {
             let cos = cosine(v, &case.embedding);
             worst = worst.min(cos);
-            assert!(cos >= 0.9999, "{how} {:?}: cosine {cos}", case.text);
+            assert!(cos >= 0.9999, "{k} {how} {:?}: cosine {cos}", case.text);
             let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!(
                 (norm - 1.0).abs() < 1e-4,
-                "{how} {:?}: norm {norm}",
+                "{k} {how} {:?}: norm {norm}",
                 case.text
             );
         }
     }
-    eprintln!("lowest cosine to sentence-transformers: {worst:.7}");
+    eprintln!("{k}: lowest cosine to sentence-transformers: {worst:.7}");
 }

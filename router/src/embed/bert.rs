@@ -13,7 +13,9 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::linear::Linear;
+#[cfg(target_arch = "x86_64")]
+use super::kernel_amx;
+use super::linear::{DenseKernel, Linear, PackBuffers};
 use super::math::{add_layer_norm, gelu_in_place, layer_norm, softmax_in_place};
 use super::EmbedError;
 
@@ -47,6 +49,7 @@ struct Layer {
 
 pub struct Bert {
     cfg: BertConfig,
+    kernel: DenseKernel,
     word: Vec<f32>,
     position: Vec<f32>,
     /// Row 0 of the token-type table: single-sentence inputs only ever use type 0.
@@ -64,7 +67,7 @@ pub struct Scratch {
     ctx: Vec<f32>,
     proj: Vec<f32>,
     inter: Vec<f32>,
-    pack: Vec<f32>,
+    pack: PackBuffers,
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -75,6 +78,7 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 struct Tensors<'a> {
     map: HashMap<String, Tensor>,
     path: &'a Path,
+    kernel: DenseKernel,
 }
 
 impl Tensors<'_> {
@@ -109,12 +113,12 @@ impl Tensors<'_> {
     fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear, EmbedError> {
         let w = self.get(&format!("{prefix}.weight"), &[out, inp])?;
         let b = self.get(&format!("{prefix}.bias"), &[out])?;
-        Ok(Linear::new(&w, b, out, inp))
+        Ok(Linear::new(&w, b, out, inp, self.kernel))
     }
 }
 
 impl Bert {
-    pub fn load(weights: &Path, cfg: BertConfig) -> Result<Self, EmbedError> {
+    pub fn load(weights: &Path, cfg: BertConfig, kernel: DenseKernel) -> Result<Self, EmbedError> {
         let err = |reason: String| EmbedError::Weights {
             path: weights.display().to_string(),
             reason,
@@ -127,7 +131,11 @@ impl Bert {
         }
         let map = candle_core::safetensors::load(weights, &Device::Cpu)
             .map_err(|e| err(e.to_string()))?;
-        let t = Tensors { map, path: weights };
+        let t = Tensors {
+            map,
+            path: weights,
+            kernel,
+        };
         let h = cfg.hidden_size;
         let word = t.get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?;
         let position = t.get(
@@ -146,7 +154,7 @@ impl Bert {
                 qkv_b.extend(t.get(&format!("{p}.attention.self.{part}.bias"), &[h])?);
             }
             layers.push(Layer {
-                qkv: Linear::new(&qkv_w, qkv_b, 3 * h, h),
+                qkv: Linear::new(&qkv_w, qkv_b, 3 * h, h, kernel),
                 attn_out: t.linear(&format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: t.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
                 intermediate: t.linear(
@@ -161,6 +169,7 @@ impl Bert {
         Ok(Self {
             token_type0: types[..h].to_vec(),
             cfg,
+            kernel,
             word,
             position,
             emb_norm,
@@ -170,6 +179,10 @@ impl Bert {
 
     pub fn config(&self) -> &BertConfig {
         &self.cfg
+    }
+
+    pub fn kernel(&self) -> DenseKernel {
+        self.kernel
     }
 
     /// Mean-pooled, L2-normalised embeddings of `seqs` (token ids with `[CLS]`/`[SEP]`, each no
@@ -267,6 +280,45 @@ impl Bert {
         let max_len = seqs.iter().map(|q| q.len()).max().unwrap_or(0);
         let scale = 1.0 / (d as f32).sqrt();
         let by_head = resize(ctx_by_head, total * h);
+        let parallel = threads > 1 && total * max_len >= 256;
+        let for_each_head = |by_head: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)| {
+            if parallel {
+                by_head
+                    .par_chunks_mut(total * d)
+                    .enumerate()
+                    .for_each(|(head, out)| f(head, out));
+            } else {
+                for (head, out) in by_head.chunks_mut(total * d).enumerate() {
+                    f(head, out);
+                }
+            }
+        };
+
+        #[cfg(target_arch = "x86_64")]
+        if d == kernel_amx::ATTENTION_HEAD_DIM && self.kernel == DenseKernel::AmxBf16 {
+            let lens: Vec<usize> = seqs.iter().map(|q| q.len()).collect();
+            let amx_head = |head: usize, out: &mut [f32]| {
+                AMX_SCRATCH.with_borrow_mut(|scratch| {
+                    // SAFETY: the tile unit is available (checked above); `qkv` holds `total`
+                    // rows of 3 * h floats and `out` this head's `total * d` slab.
+                    unsafe {
+                        kernel_amx::attention_head(
+                            qkv,
+                            &lens,
+                            h,
+                            head,
+                            scale,
+                            softmax_in_place,
+                            out,
+                            scratch,
+                        )
+                    }
+                })
+            };
+            for_each_head(by_head, &amx_head);
+            interleave_heads(by_head, ctx, total, heads, d);
+            return;
+        }
 
         let one_head = |head: usize, out: &mut [f32]| {
             let mut scores = vec![0.0f32; max_len];
@@ -306,23 +358,25 @@ impl Bert {
                 start += len;
             }
         };
-        if threads > 1 && total * max_len >= 256 {
-            by_head
-                .par_chunks_mut(total * d)
-                .enumerate()
-                .for_each(|(head, out)| one_head(head, out));
-        } else {
-            for (head, out) in by_head.chunks_mut(total * d).enumerate() {
-                one_head(head, out);
-            }
-        }
+        for_each_head(by_head, &one_head);
+        interleave_heads(by_head, ctx, total, heads, d);
+    }
+}
 
-        let ctx = resize(ctx, total * h);
-        for head in 0..heads {
-            let src = &by_head[head * total * d..][..total * d];
-            for (t, piece) in src.chunks_exact(d).enumerate() {
-                ctx[t * h + head * d..][..d].copy_from_slice(piece);
-            }
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Each embedding thread's buffers for the tile-unit attention.
+    static AMX_SCRATCH: std::cell::RefCell<kernel_amx::AttentionScratch> = Default::default();
+}
+
+/// `ctx[t][head * d..][..d] = by_head[head][t]`: the heads' slabs back into token rows.
+fn interleave_heads(by_head: &[f32], ctx: &mut Vec<f32>, total: usize, heads: usize, d: usize) {
+    let h = heads * d;
+    let ctx = resize(ctx, total * h);
+    for head in 0..heads {
+        let src = &by_head[head * total * d..][..total * d];
+        for (t, piece) in src.chunks_exact(d).enumerate() {
+            ctx[t * h + head * d..][..d].copy_from_slice(piece);
         }
     }
 }

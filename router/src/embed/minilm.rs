@@ -6,7 +6,7 @@ use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::bert::{Bert, BertConfig, Scratch};
-use super::{EmbedError, Embedder, EmbedderIdentity};
+use super::{DenseKernel, EmbedError, Embedder, EmbedderIdentity};
 
 /// The manifest name of the router's embedding model.
 pub const MINILM_MODEL: &str = "all-minilm-l6-v2";
@@ -41,13 +41,24 @@ pub struct MiniLm {
 }
 
 impl MiniLm {
-    /// Loads the model from the coe cache under `home`, fetching it first if it is missing.
+    /// Loads the model from the coe cache under `home`, fetching it first if it is missing, to
+    /// run on the fastest kernel this machine has (`DenseKernel::best`).
     pub fn load(home: &Path) -> Result<Self, EmbedError> {
+        Self::load_with_kernel(home, DenseKernel::best())
+    }
+
+    /// As `load`, on the given kernel (which must be available).
+    pub fn load_with_kernel(home: &Path, kernel: DenseKernel) -> Result<Self, EmbedError> {
         let manifest = coe_fetch::Manifest::embedded();
         let entry = manifest.model(MINILM_MODEL)?;
         let sha = weights_sha256(entry)?;
         let dir = coe_fetch::fetch_model(home, entry, &mut |_| {})?;
-        Self::from_dir(&dir, sha)
+        Self::from_dir(&dir, sha, kernel)
+    }
+
+    /// The kernel the forward pass runs on.
+    pub fn kernel(&self) -> DenseKernel {
+        self.bert.kernel()
     }
 
     /// The identity `load` will report, from the manifest alone (nothing is read or fetched).
@@ -62,7 +73,11 @@ impl MiniLm {
 
     /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir`; `weights_sha256`
     /// becomes part of the embedder's identity (the caller vouches for it).
-    pub fn from_dir(dir: &Path, weights_sha256: String) -> Result<Self, EmbedError> {
+    pub fn from_dir(
+        dir: &Path,
+        weights_sha256: String,
+        kernel: DenseKernel,
+    ) -> Result<Self, EmbedError> {
         let tok_path = dir.join("tokenizer.json");
         let tok_err = |reason: String| EmbedError::Tokenizer {
             path: tok_path.display().to_string(),
@@ -95,7 +110,8 @@ impl MiniLm {
                 cfg.max_position_embeddings
             )));
         }
-        let bert = Bert::load(&dir.join(WEIGHTS_FILE), cfg)?;
+        let bert = Bert::load(&dir.join(WEIGHTS_FILE), cfg, kernel)?;
+        tracing::debug!(kernel = kernel.name(), "MiniLM loaded");
         let identity = EmbedderIdentity {
             model: MINILM_MODEL.to_string(),
             weights_sha256,

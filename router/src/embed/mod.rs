@@ -4,12 +4,15 @@
 mod batcher;
 mod bert;
 #[cfg(target_arch = "x86_64")]
+mod kernel_amx;
+#[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
 mod linear;
 mod math;
 mod minilm;
 
 pub use batcher::{BatcherConfig, EmbedBatcher};
+pub use linear::DenseKernel;
 pub use minilm::{MiniLm, MAX_SEQ_LEN, MINILM_MODEL};
 
 use serde::{Deserialize, Serialize};

@@ -157,7 +157,7 @@ fn measure_coe(
     let text = |k: &str| cases[k].as_str().unwrap_or_default().to_string();
     let batch: Vec<String> = serde_json::from_value(cases["batch"].clone())?;
     let mut model = MiniLm::load(home)?;
-    let mut out = serde_json::json!({ "threads": args.threads });
+    let mut out = serde_json::json!({ "threads": args.threads, "kernel": model.kernel().name() });
     for name in ["short", "long"] {
         let t = text(name);
         for _ in 0..5 {
@@ -193,6 +193,10 @@ fn print_table(coe: &serde_json::Value, st: &serde_json::Value, args: &ClassifyA
     println!(
         "classify benchmark: all-MiniLM-L6-v2, {} threads, {} single-query samples, batch of 32 best of {}",
         args.threads, args.samples, args.repeats
+    );
+    println!(
+        "coe dense kernel: {} (COE_EMBED_KERNEL=amx|avx512|portable picks another)",
+        coe.get("kernel").and_then(|k| k.as_str()).unwrap_or("?")
     );
     println!(
         "{:<34} {:>12} {:>12} {:>8}",

@@ -84,6 +84,41 @@ pub fn bf16_bits(x: f32) -> u16 {
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
+/// `dst[i] = bf16(src[i])`, 16 at a time with AVX512-BF16's converting instruction (which rounds
+/// to nearest even too) when the CPU has it, as every AMX-BF16 CPU does.
+pub fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len());
+    static WIDE: OnceLock<bool> = OnceLock::new();
+    if *WIDE.get_or_init(|| is_x86_feature_detected!("avx512bf16")) {
+        // SAFETY: AVX512-BF16 (and with it AVX-512F) is available; the lengths are equal.
+        unsafe { to_bf16_avx512(src, dst) };
+    } else {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = bf16_bits(*v);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512bf16,avx512f")]
+unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let mut i = 0;
+    // SAFETY: every load and store covers indices < n of the equal-length slices (the tail masked).
+    unsafe {
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+            i += 16;
+        }
+        if i < n {
+            let mask = (1u16 << (n - i)) - 1;
+            let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src.as_ptr().add(i)));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), mask, std::mem::transmute(v));
+        }
+    }
+}
+
 /// PyTorch's `[out_dim, in_dim]` weights as bf16 tiles (see the module docs for the order).
 pub fn pack_weights(weight: &[f32], out_dim: usize, in_dim: usize) -> Vec<u16> {
     assert!(fits(in_dim, out_dim));
@@ -111,10 +146,10 @@ pub fn pack_rows(x: &[f32], rows: usize, k: usize, packed: &mut Vec<u16>) {
     for (r, row) in x.chunks_exact(k).take(rows).enumerate() {
         let tiles = &mut packed[(r / TILE_M) * k_blocks * TILE_WORDS..];
         for (kb, chunk) in row.chunks_exact(TILE_K).enumerate() {
-            let dst = &mut tiles[kb * TILE_WORDS + (r % TILE_M) * TILE_K..][..TILE_K];
-            for (d, v) in dst.iter_mut().zip(chunk) {
-                *d = bf16_bits(*v);
-            }
+            to_bf16(
+                chunk,
+                &mut tiles[kb * TILE_WORDS + (r % TILE_M) * TILE_K..][..TILE_K],
+            );
         }
     }
 }
@@ -161,24 +196,47 @@ pub unsafe fn pairs(
     let k_blocks = k / TILE_K;
     debug_assert!(packed_x.len() >= rows.div_ceil(BLOCK_M) * BLOCK_M * k);
     debug_assert!(w.len() >= pairs.end * 2 * k_blocks * TILE_WORDS);
-    // The four accumulators, stored side by side: [BLOCK_M][BLOCK_N].
-    let mut c = [0.0f32; BLOCK_M * BLOCK_N];
-    let c_stride = BLOCK_N * 4;
+    // The accumulators start from the bias (two tiles of it repeated on 16 rows), and a tile
+    // whose 16 rows all exist is stored straight into `out`; only a block's ragged last rows go
+    // through `partial`.
+    let mut bias_tiles = [0.0f32; 2 * TILE_M * TILE_N];
+    let mut partial = [0.0f32; BLOCK_M * BLOCK_N];
     // SAFETY: tiles are enabled for this process (`supported`); the configuration is valid.
     unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
     for p in pairs {
         let w0 = w[2 * p * k_blocks * TILE_WORDS..].as_ptr();
         let w1 = w[(2 * p + 1) * k_blocks * TILE_WORDS..].as_ptr();
+        for (t, tile) in bias_tiles.chunks_exact_mut(TILE_M * TILE_N).enumerate() {
+            for row in tile.chunks_exact_mut(TILE_N) {
+                row.copy_from_slice(&bias[p * BLOCK_N + t * TILE_N..][..TILE_N]);
+            }
+        }
+        let (b0, b1) = (bias_tiles.as_ptr(), bias_tiles[TILE_M * TILE_N..].as_ptr());
         for m in (0..rows).step_by(BLOCK_M) {
-            let both = rows - m > TILE_M;
+            let here = (rows - m).min(BLOCK_M);
+            let both = here > TILE_M;
             // Row tiles m/16 and m/16 + 1, each k_blocks tiles long.
             let x0 = packed_x[m * k..].as_ptr();
             // SAFETY: every load reads 16 rows of 64 bytes inside `packed_x` (padded to whole
-            // blocks) or inside one weight tile; every store writes 16 rows of 64 bytes inside `c`.
+            // blocks), a weight tile or `bias_tiles`.
             unsafe {
-                asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+                asm!(
+                    "tileloadd tmm0, [{b0} + {bs}*1]",
+                    "tileloadd tmm1, [{b1} + {bs}*1]",
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    bs = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
                 if both {
-                    asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                    asm!(
+                        "tileloadd tmm2, [{b0} + {bs}*1]",
+                        "tileloadd tmm3, [{b1} + {bs}*1]",
+                        b0 = in(reg) b0,
+                        b1 = in(reg) b1,
+                        bs = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
                 }
                 for kb in 0..k_blocks {
                     let xa = x0.add(kb * TILE_WORDS);
@@ -207,34 +265,60 @@ pub unsafe fn pairs(
                         );
                     }
                 }
-                let cp = c.as_mut_ptr();
+            }
+            // Each 16-row half goes to `out` directly when all its rows exist, else to `partial`.
+            let direct = |half: usize| here >= (half + 1) * TILE_M;
+            let partial_ptr = partial.as_mut_ptr();
+            let dst = |half: usize| -> (*mut f32, usize) {
+                if direct(half) {
+                    (
+                        out.wrapping_add((m + half * TILE_M) * ldc + p * BLOCK_N),
+                        ldc * 4,
+                    )
+                } else {
+                    (
+                        partial_ptr.wrapping_add(half * TILE_M * BLOCK_N),
+                        BLOCK_N * 4,
+                    )
+                }
+            };
+            let (d0, s0) = dst(0);
+            // SAFETY: a direct store writes 16 whole rows (all < rows) of this pair's 32 columns
+            // in `out` (contract); otherwise it writes 16 rows of 128 bytes inside `partial`.
+            unsafe {
                 asm!(
                     "tilestored [{c0} + {cs}*1], tmm0",
                     "tilestored [{c1} + {cs}*1], tmm1",
-                    c0 = in(reg) cp,
-                    c1 = in(reg) cp.add(TILE_N),
-                    cs = in(reg) c_stride,
+                    c0 = in(reg) d0,
+                    c1 = in(reg) d0.add(TILE_N),
+                    cs = in(reg) s0,
                     options(nostack),
                 );
                 if both {
+                    let (d1, s1) = dst(1);
                     asm!(
                         "tilestored [{c2} + {cs}*1], tmm2",
                         "tilestored [{c3} + {cs}*1], tmm3",
-                        c2 = in(reg) cp.add(TILE_M * BLOCK_N),
-                        c3 = in(reg) cp.add(TILE_M * BLOCK_N + TILE_N),
-                        cs = in(reg) c_stride,
+                        c2 = in(reg) d1,
+                        c3 = in(reg) d1.add(TILE_N),
+                        cs = in(reg) s1,
                         options(nostack),
                     );
                 }
             }
-            let bias = &bias[p * BLOCK_N..][..BLOCK_N];
-            for r in 0..(rows - m).min(BLOCK_M) {
-                // SAFETY: row m + r < rows and columns p*BLOCK_N..+BLOCK_N are writable (contract).
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.add((m + r) * ldc + p * BLOCK_N), BLOCK_N)
-                };
-                for ((d, acc), b) in dst.iter_mut().zip(&c[r * BLOCK_N..][..BLOCK_N]).zip(bias) {
-                    *d = acc + b;
+            for half in 0..here.div_ceil(TILE_M) {
+                if direct(half) {
+                    continue;
+                }
+                for r in half * TILE_M..here {
+                    // SAFETY: row m + r < rows; columns p*BLOCK_N..+BLOCK_N are writable.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.add((m + r) * ldc + p * BLOCK_N),
+                            BLOCK_N,
+                        )
+                    };
+                    row.copy_from_slice(&partial[r * BLOCK_N..][..BLOCK_N]);
                 }
             }
         }
@@ -258,8 +342,8 @@ pub struct AttentionScratch {
 pub const ATTENTION_HEAD_DIM: usize = TILE_K;
 
 /// One head of self-attention over each sequence, on the tile unit: `Q K^T` and `P V` with bf16
-/// inputs and f32 accumulation, the softmax in f32 (`softmax`, applied to the scaled scores of one
-/// query over its sequence's keys).
+/// inputs and f32 accumulation, the softmax in f32 (`softmax`, applied to the scores of one query
+/// over its sequence's keys, which `scale` multiplies first).
 ///
 /// `qkv` is `[tokens][3 * hidden]` (query, key, value side by side); `lens` are the sequence
 /// lengths, packed back to back; `out` receives this head's context, `[tokens][ATTENTION_HEAD_DIM]`.
@@ -296,14 +380,20 @@ pub unsafe fn attention_head(
         s.k_tiles.resize(keys * D, 0);
         s.v_tiles.clear();
         s.v_tiles.resize(keys * D, 0);
+        let mut scaled = [0.0f32; D];
+        let mut key = [0u16; D];
         for (j, r) in seq.chunks_exact(row).enumerate() {
-            for (dd, v) in r[q_off..q_off + D].iter().enumerate() {
-                s.q[j * D + dd] = bf16_bits(*v);
+            // The queries carry the 1/sqrt(d) scale.
+            for (q, v) in scaled.iter_mut().zip(&r[q_off..q_off + D]) {
+                *q = v * scale;
             }
-            // K^T tiles of 16 keys: [dd / 2][key % 16][dd % 2].
+            to_bf16(&scaled, &mut s.q[j * D..][..D]);
+            // K^T tiles of 16 keys: [dd / 2][key % 16][dd % 2]; each pair of dims moves as one.
+            to_bf16(&r[k_off..k_off + D], &mut key);
             let kt = (j / TILE_N) * TILE_WORDS + (j % TILE_N) * 2;
-            for (dd, v) in r[k_off..k_off + D].iter().enumerate() {
-                s.k_tiles[kt + (dd / 2) * 2 * TILE_N + dd % 2] = bf16_bits(*v);
+            for (pair, dims) in key.chunks_exact(2).enumerate() {
+                let at = kt + pair * 2 * TILE_N;
+                s.k_tiles[at..at + 2].copy_from_slice(dims);
             }
             // V tiles of 32 keys x 16 dims, two per step: [key % 32 / 2][dd % 16][key % 2].
             let vt = (j / TILE_K) * 2 * TILE_WORDS + ((j % TILE_K) / 2) * 2 * TILE_N + j % 2;
@@ -347,11 +437,8 @@ pub unsafe fn attention_head(
                 let probs = &mut s.probs[r * keys..][..keys];
                 if r < q_here {
                     let sc = &mut s.scores[r * keys..][..len];
-                    sc.iter_mut().for_each(|x| *x *= scale);
                     softmax(sc);
-                    for (p, x) in probs.iter_mut().zip(sc.iter()) {
-                        *p = bf16_bits(*x);
-                    }
+                    to_bf16(sc, &mut probs[..len]);
                     probs[len..].fill(0);
                 } else {
                     probs.fill(0);

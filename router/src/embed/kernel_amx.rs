@@ -108,13 +108,20 @@ unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
     unsafe {
         while i + 16 <= n {
             let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i).cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
             i += 16;
         }
         if i < n {
             let mask = (1u16 << (n - i)) - 1;
             let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src.as_ptr().add(i)));
-            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), mask, std::mem::transmute(v));
+            _mm256_mask_storeu_epi16(
+                dst.as_mut_ptr().add(i).cast(),
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Measures the MiniLM embedder: p50/p90 latency of one ~24-token query and batch-32 throughput.
-//! Run with `RAYON_NUM_THREADS=2 cargo run --release -p coe-router --example embed_latency`.
+//! Run with `RAYON_NUM_THREADS=2 cargo run --release -p coe-router --example embed_latency`;
+//! `EMBED_LATENCY_TEXT=...` times that text instead of the short query.
 
 use std::time::Instant;
 
@@ -26,9 +27,11 @@ fn process_cpu_ms() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let mut model = MiniLm::load(&coe_fetch::coe_home())?;
-    let n_tokens = model.tokenize(&[QUERY])?[0].len();
+    let text = std::env::var("EMBED_LATENCY_TEXT").unwrap_or_else(|_| QUERY.to_string());
+    let query = text.as_str();
+    let n_tokens = model.tokenize(&[query])?[0].len();
     for _ in 0..20 {
-        model.embed(&[QUERY])?;
+        model.embed(&[query])?;
     }
     let mut times = Vec::new();
     let mut cpu = Vec::new();
@@ -38,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(300)
     {
         let (t, c) = (Instant::now(), process_cpu_ms());
-        model.embed(&[QUERY])?;
+        model.embed(&[query])?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         cpu.push(process_cpu_ms() - c);
     }

@@ -16,8 +16,13 @@ use serde::Deserialize;
 #[cfg(target_arch = "x86_64")]
 use super::kernel_amx;
 use super::linear::{DenseKernel, Linear, PackBuffers};
-use super::math::{add_layer_norm, gelu_in_place, layer_norm, softmax_in_place};
+use super::math::{
+    add_layer_norm, exp_shifted_in_place, gelu_in_place, layer_norm, softmax_in_place,
+};
 use super::EmbedError;
+
+#[cfg(target_arch = "x86_64")]
+mod team;
 
 /// The fields of a Hugging Face BERT `config.json` that the forward pass needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -56,6 +61,8 @@ pub struct Bert {
     token_type0: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
+    /// Whether the whole pass runs on the tile unit, every pool thread at once (`team`).
+    amx_team: bool,
 }
 
 /// Buffers of one forward pass, grown to the largest batch seen and then reused.
@@ -68,6 +75,9 @@ pub struct Scratch {
     proj: Vec<f32>,
     inter: Vec<f32>,
     pack: PackBuffers,
+    /// The bf16 tiles of the AMX pass's product inputs, `hidden_size` and `intermediate_size` wide.
+    packed_in: Vec<u16>,
+    packed_wide: Vec<u16>,
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -166,7 +176,7 @@ impl Bert {
                 out_norm: t.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
-        Ok(Self {
+        let mut bert = Self {
             token_type0: types[..h].to_vec(),
             cfg,
             kernel,
@@ -174,7 +184,13 @@ impl Bert {
             position,
             emb_norm,
             layers,
-        })
+            amx_team: false,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            bert.amx_team = kernel == DenseKernel::AmxBf16 && bert.amx_team_fits();
+        }
+        Ok(bert)
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -192,6 +208,12 @@ impl Bert {
         let total: usize = seqs.iter().map(|q| q.len()).sum();
         let threads = rayon::current_num_threads();
         let eps = self.cfg.layer_norm_eps as f32;
+
+        #[cfg(target_arch = "x86_64")]
+        if self.amx_team {
+            self.encode_amx(seqs, s);
+            return self.pool(seqs, &s.hidden);
+        }
 
         let hidden = resize(&mut s.hidden, total * h);
         let mut rows = hidden.chunks_exact_mut(h);
@@ -243,11 +265,17 @@ impl Bert {
             }
         }
 
+        self.pool(seqs, &s.hidden)
+    }
+
+    /// Mean pooling of each sequence's rows of `hidden`, L2-normalised.
+    fn pool(&self, seqs: &[&[u32]], hidden: &[f32]) -> Vec<Vec<f32>> {
+        let h = self.cfg.hidden_size;
         let mut out = Vec::with_capacity(seqs.len());
         let mut start = 0;
         for seq in seqs {
             let mut pooled = vec![0.0f32; h];
-            for row in s.hidden[start * h..(start + seq.len()) * h].chunks_exact(h) {
+            for row in hidden[start * h..(start + seq.len()) * h].chunks_exact(h) {
                 for (p, x) in pooled.iter_mut().zip(row) {
                     *p += x;
                 }
@@ -308,7 +336,7 @@ impl Bert {
                             h,
                             head,
                             scale,
-                            softmax_in_place,
+                            exp_shifted_in_place,
                             out,
                             scratch,
                         )

@@ -161,6 +161,30 @@ pub fn pack_rows(x: &[f32], rows: usize, k: usize, packed: &mut Vec<u16>) {
     }
 }
 
+/// Row `r` of an activation matrix `k` wide, rounded to bf16 into its place among tiles laid out
+/// as `pack_rows` lays them out; `packed` starts at row tile `first_tile` (so that threads can
+/// pack disjoint row tiles into one buffer). `row == None` writes the zeros of a padding row.
+pub fn pack_row(row: Option<&[f32]>, r: usize, k: usize, first_tile: usize, packed: &mut [u16]) {
+    let k_blocks = k / TILE_K;
+    let tiles = &mut packed[(r / TILE_M - first_tile) * k_blocks * TILE_WORDS..];
+    for kb in 0..k_blocks {
+        let dst = &mut tiles[kb * TILE_WORDS + (r % TILE_M) * TILE_K..][..TILE_K];
+        match row {
+            Some(row) => to_bf16(&row[kb * TILE_K..][..TILE_K], dst),
+            None => dst.fill(0),
+        }
+    }
+}
+
+/// Where row `r`, columns `kb * 32..kb * 32 + 32`, of an activation matrix `k` wide lie in its
+/// packed tiles (`pack_rows` layout): the offset of those 32 bf16 values.
+pub fn packed_offset(r: usize, kb: usize, k: usize) -> usize {
+    ((r / TILE_M) * (k / TILE_K) + kb) * TILE_WORDS + (r % TILE_M) * TILE_K
+}
+
+/// Rows per activation tile, the unit threads split rows by when they pack.
+pub const ROWS_PER_TILE: usize = TILE_M;
+
 /// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
@@ -349,8 +373,9 @@ pub struct AttentionScratch {
 pub const ATTENTION_HEAD_DIM: usize = TILE_K;
 
 /// One head of self-attention over each sequence, on the tile unit: `Q K^T` and `P V` with bf16
-/// inputs and f32 accumulation, the softmax in f32 (`softmax`, applied to the scores of one query
-/// over its sequence's keys, which `scale` multiplies first).
+/// inputs and f32 accumulation, the softmax in f32 (`exp_shifted` turns the scores of one query over
+/// its sequence's keys, which `scale` multiplies first, into `e^(s - max)` and returns their sum;
+/// the context row is divided by that sum, 32 divisions instead of one per key).
 ///
 /// `qkv` is `[tokens][3 * hidden]` (query, key, value side by side); `lens` are the sequence
 /// lengths, packed back to back; `out` receives this head's context, `[tokens][ATTENTION_HEAD_DIM]`.
@@ -365,7 +390,7 @@ pub unsafe fn attention_head(
     hidden: usize,
     head: usize,
     scale: f32,
-    softmax: impl Fn(&mut [f32]),
+    exp_shifted: impl Fn(&mut [f32]) -> f32,
     out: &mut [f32],
     s: &mut AttentionScratch,
 ) {
@@ -440,11 +465,12 @@ pub unsafe fn attention_head(
                 }
             }
             let q_here = (len - qb).min(TILE_M);
-            for r in 0..TILE_M {
+            let mut inv_sums = [0.0f32; TILE_M];
+            for (r, inv_sum) in inv_sums.iter_mut().enumerate() {
                 let probs = &mut s.probs[r * keys..][..keys];
                 if r < q_here {
                     let sc = &mut s.scores[r * keys..][..len];
-                    softmax(sc);
+                    *inv_sum = 1.0 / exp_shifted(sc);
                     to_bf16(sc, &mut probs[..len]);
                     probs[len..].fill(0);
                 } else {
@@ -478,7 +504,12 @@ pub unsafe fn attention_head(
                     options(nostack),
                 );
             }
-            out[(start + qb) * D..][..q_here * D].copy_from_slice(&s.ctx[..q_here * D]);
+            let rows = out[(start + qb) * D..][..q_here * D].chunks_exact_mut(D);
+            for ((o, c), inv_sum) in rows.zip(s.ctx.chunks_exact(D)).zip(inv_sums) {
+                for (o, c) in o.iter_mut().zip(c) {
+                    *o = c * inv_sum;
+                }
+            }
         }
         start += len;
     }

@@ -173,15 +173,57 @@ impl Linear {
         self.out_dim
     }
 
+    /// The number of 32-column pairs of weight tiles when the weights are AMX tiles, else `None`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn amx_pairs(&self) -> Option<usize> {
+        match self.packed {
+            Packed::Bf16Tiles(_) => Some(self.out_dim / kernel_amx::BLOCK_N),
+            _ => None,
+        }
+    }
+
+    /// The columns of `pairs` of `out[rows, out_dim] = x W^T + b` on the tile unit, `x` already
+    /// packed by `kernel_amx::pack_row` for `in_dim`.
+    ///
+    /// # Safety
+    /// `amx_pairs()` is `Some(n)` with `pairs.end <= n`; `packed_x` holds `rows` rows (padded to
+    /// whole `BLOCK_M` blocks) packed for `in_dim`; `out` points at `rows * out_dim` floats of
+    /// which nothing else accesses the columns of `pairs` during the call.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn forward_amx_pairs(
+        &self,
+        packed_x: &[u16],
+        rows: usize,
+        out: *mut f32,
+        pairs: std::ops::Range<usize>,
+    ) {
+        let Packed::Bf16Tiles(tiles) = &self.packed else {
+            unreachable!("the caller checked amx_pairs")
+        };
+        // SAFETY: the caller's contract is `kernel_amx::pairs`'s, for these weights.
+        unsafe {
+            kernel_amx::pairs(
+                packed_x,
+                rows,
+                self.in_dim,
+                tiles,
+                &self.bias,
+                out,
+                self.out_dim,
+                pairs,
+            )
+        }
+    }
+
     /// `out[rows, out_dim] = x[rows, in_dim] W^T + b`, spread over `threads` by panels.
     pub fn forward(&self, x: &[f32], out: &mut [f32], threads: usize, pack: &mut PackBuffers) {
         let rows = x.len() / self.in_dim;
         assert_eq!(x.len(), rows * self.in_dim);
         assert_eq!(out.len(), rows * self.out_dim);
         #[cfg(target_arch = "x86_64")]
-        if let Packed::Bf16Tiles(tiles) = &self.packed {
+        if let Packed::Bf16Tiles(_) = &self.packed {
             kernel_amx::pack_rows(x, rows, self.in_dim, &mut pack.bf16);
-            self.forward_amx(&pack.bf16, tiles, rows, out, threads);
+            self.forward_amx(&pack.bf16, rows, out, threads);
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -212,14 +254,7 @@ impl Linear {
 
     /// The AMX path of `forward`: threads split the output's column pairs.
     #[cfg(target_arch = "x86_64")]
-    fn forward_amx(
-        &self,
-        packed_x: &[u16],
-        tiles: &[u16],
-        rows: usize,
-        out: &mut [f32],
-        threads: usize,
-    ) {
+    fn forward_amx(&self, packed_x: &[u16], rows: usize, out: &mut [f32], threads: usize) {
         let pairs = self.out_dim / kernel_amx::BLOCK_N;
         let ptr = OutPtr(out.as_mut_ptr());
         // The tile unit finishes a small product before a second thread would wake up.
@@ -230,21 +265,10 @@ impl Linear {
         };
         let run = |t: usize| {
             let range = pairs * t / tasks..pairs * (t + 1) / tasks;
-            // SAFETY: Bf16Tiles exist only when AMX is available and the dimensions fit
-            // (see `new`); `packed_x` was packed for these rows; task t writes only the columns
-            // of its pairs, and `out` holds rows * out_dim floats (asserted in `forward`).
-            unsafe {
-                kernel_amx::pairs(
-                    packed_x,
-                    rows,
-                    self.in_dim,
-                    tiles,
-                    &self.bias,
-                    ptr.get(),
-                    self.out_dim,
-                    range,
-                )
-            };
+            // SAFETY: these are Bf16Tiles (`forward` matched them); `packed_x` was packed for
+            // these rows; task t writes only the columns of its pairs, and `out` holds
+            // rows * out_dim floats (asserted in `forward`).
+            unsafe { self.forward_amx_pairs(packed_x, rows, ptr.get(), range) };
         };
         if tasks == 1 {
             run(0);

@@ -50,19 +50,21 @@ fn avx512() -> bool {
     false
 }
 
-/// Runs `$body` (an expression over `$xs`) compiled for AVX-512 when the CPU has it.
+/// Runs `$body` (an expression over `$xs` of type `$ret`) compiled for AVX-512 when the CPU has it.
 macro_rules! with_avx512 {
-    ($xs:ident, $body:expr) => {{
+    ($xs:ident, $body:expr) => {
+        with_avx512!($xs, $body, ())
+    };
+    ($xs:ident, $body:expr, $ret:ty) => {{
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f")]
-            unsafe fn wide($xs: &mut [f32]) {
+            unsafe fn wide($xs: &mut [f32]) -> $ret {
                 $body
             }
             if avx512() {
                 // SAFETY: AVX-512F is available (checked at run time).
-                unsafe { wide($xs) };
-                return;
+                return unsafe { wide($xs) };
             }
         }
         $body
@@ -152,14 +154,36 @@ pub fn softmax_in_place(xs: &mut [f32]) {
 
 #[inline(always)]
 fn softmax_loop(xs: &mut [f32]) {
-    let max = max(xs);
-    for x in xs.iter_mut() {
-        *x = exp(*x - max);
-    }
-    let inv = 1.0 / sum(xs);
+    let inv = 1.0 / exp_shifted_loop(xs);
     for x in xs {
         *x *= inv;
     }
+}
+
+/// `x = e^(x - max)` in place, returning the sum: a softmax without its division, for callers
+/// that divide something smaller afterwards (the attention divides its context rows).
+pub fn exp_shifted_in_place(xs: &mut [f32]) -> f32 {
+    with_avx512!(xs, exp_shifted_loop(xs), f32)
+}
+
+#[inline(always)]
+fn exp_shifted_loop(xs: &mut [f32]) -> f32 {
+    let max = max(xs);
+    // The sum in 16 lanes (see `sum`), in the same pass as the exponentials.
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = xs.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *x = exp(*x - max);
+            *l += *x;
+        }
+    }
+    let mut tail = 0.0;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        tail += *x;
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

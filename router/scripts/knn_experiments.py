@@ -8,6 +8,8 @@ kNN is measured here, not shipped: it needs every training embedding at run time
 shipped data) and its vote shares calibrate poorly. Results: router/artifacts/minilm-8cat/EXPERIMENTS.md.
 
     python3 router/scripts/knn_experiments.py      # needs numpy (the bench venv has it)
+    python3 router/scripts/knn_experiments.py --llm-written   # also trains on the LLM-written queries,
+                                                              # and adds linear and linear+kNN rows (sklearn)
 """
 import collections
 import json
@@ -16,22 +18,8 @@ import time
 
 import numpy as np
 
-DIM = 384
-CACHE = "~/.cache/coe/router-embeddings/all-minilm-l6-v2-53aa51172d142c89.bin"
-def fnv(s):
-    h=0xcbf29ce484222325
-    for b in s.encode():
-        h=((h^b)*0x100000001b3)&0xFFFFFFFFFFFFFFFF
-    return h
-def load_cache(p=CACHE):
-    import os; p = os.path.expanduser(p)
-    raw=np.fromfile(p,dtype=np.uint8)
-    rec=8+4*DIM
-    n=len(raw)//rec
-    raw=raw[:n*rec].reshape(n,rec)
-    keys=raw[:,:8].copy().view('<u8')[:,0]
-    vecs=raw[:,8:].copy().view('<f4')
-    return dict(zip(keys.tolist(), range(n))), vecs
+from embedding_cache import fnv, load_cache
+
 def question_stem(p):
     off=0
     for line in p.splitlines(keepends=True):
@@ -60,7 +48,10 @@ def views(p):
 def load_jsonl(path):
     return [json.loads(l) for l in open(path) if l.strip()]
 idx,V=load_cache()
+LLM_WRITTEN = '--llm-written' in sys.argv
 ex=load_jsonl('data/router/router_train.jsonl')+load_jsonl('data/router/synthetic_short_queries.jsonl')
+if LLM_WRITTEN:
+    ex+=load_jsonl('data/router/llm_written_queries.jsonl')
 labels=sorted({e['category'] for e in ex}); L={c:i for i,c in enumerate(labels)}
 y=np.array([L[e['category']] for e in ex]); src=np.array([e['source'] for e in ex])
 rows=[];rex=[];rview=[]
@@ -128,6 +119,32 @@ def knn(k):
             return np.log(out/out.sum(1,keepdims=True))
         return score
     return make
+def linear(C=0.1):
+    """Multinomial logistic regression, as `coe router train --alpha 10` fits it (sklearn's C = 1/alpha)."""
+    def make(Xt,yt,w):
+        from sklearn.linear_model import LogisticRegression
+        clf=LogisticRegression(C=C,max_iter=2000).fit(Xt,yt,sample_weight=w/w.mean())
+        def score(Z):
+            out=np.full((len(Z),len(labels)),-30.0)
+            out[:,clf.classes_]=clf.predict_log_proba(Z)
+            return out
+        return score
+    return make
+def ensemble(makes, weights_=None):
+    """The weighted sum of the members' log-probabilities (a product of experts)."""
+    def make(Xt,yt,w):
+        scores=[m(Xt,yt,w) for m in makes]
+        def score(Z):
+            return sum(wt*sc(Z) for wt,sc in zip(weights_ or [1.0]*len(makes),scores))
+        return score
+    return make
+if __name__ == "__main__" and LLM_WRITTEN:
+    evaluate(linear(), "linear C=0.1 views balance (+llm written)")
+    evaluate(knn(30), "knn30 views balance (+llm written)")
+    evaluate(knn(30), "knn30 prompt-only balance (+llm written)", viewsel=(rview == 0))
+    evaluate(ensemble([linear(), knn(30)]), "linear + knn30 (+llm written)")
+    evaluate(ensemble([linear(), knn(30)],[1.0,0.5]), "linear + 0.5 knn30 (+llm written)")
+    sys.exit(0)
 if __name__ == "__main__":
     evaluate(knn(10), "knn10 views balance")
     evaluate(knn(30), "knn30 views balance")

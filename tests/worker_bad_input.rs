@@ -166,8 +166,7 @@ async fn full_queue_is_resource_exhausted() {
     let status = client
         .generate(long())
         .await
-        .err()
-        .expect("a third request must be refused");
+        .expect_err("a third request must be refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("queue"), "{}", status.message());
     drop(first);
@@ -193,7 +192,7 @@ async fn load(path: &std::path::Path, name: &str) -> tonic::Status {
             pin: false,
         })
         .await;
-    result.err().expect("loading a bad file must fail")
+    result.expect_err("loading a bad file must fail")
 }
 
 async fn expert_names() -> Vec<String> {
@@ -228,7 +227,7 @@ async fn bad_gguf_files_fail_to_load_and_unload_nothing() {
     let mut f = std::fs::File::create(&garbage).unwrap();
     f.write_all(
         &(0..100_000u32)
-            .map(|i| (i * 2654435761u32 >> 13) as u8)
+            .map(|i| ((i * 2654435761u32) >> 13) as u8)
             .collect::<Vec<_>>(),
     )
     .unwrap();

@@ -161,7 +161,7 @@ async fn greedy_tokens_equal_llama_cpp_over_grpc() {
             )
             .await
             .unwrap();
-            let usage = out.done.as_ref().unwrap().usage.clone().unwrap();
+            let usage = out.done.as_ref().unwrap().usage.unwrap();
             assert_eq!(
                 usage.prompt_tokens as usize,
                 case.prompt_ids.len(),

@@ -220,17 +220,7 @@ impl Bert {
         for seq in seqs {
             for (pos, &id) in seq.iter().enumerate() {
                 let row = rows.next().expect("sized to the total token count");
-                let word = &self.word[id as usize * h..][..h];
-                let position = &self.position[pos * h..][..h];
-                for (((x, w), p), t) in row
-                    .iter_mut()
-                    .zip(word)
-                    .zip(position)
-                    .zip(&self.token_type0)
-                {
-                    *x = w + p + t;
-                }
-                layer_norm(row, &self.emb_norm.gamma, &self.emb_norm.beta, eps);
+                self.embed_token(row, id as usize, pos, eps);
             }
         }
 
@@ -266,6 +256,22 @@ impl Bert {
         }
 
         self.pool(seqs, &s.hidden)
+    }
+
+    /// `row` = LayerNorm(word + position + token-type embedding) of token `id` at `pos`.
+    fn embed_token(&self, row: &mut [f32], id: usize, pos: usize, eps: f32) {
+        let h = self.cfg.hidden_size;
+        let word = &self.word[id * h..][..h];
+        let position = &self.position[pos * h..][..h];
+        for (((x, w), p), t) in row
+            .iter_mut()
+            .zip(word)
+            .zip(position)
+            .zip(&self.token_type0)
+        {
+            *x = w + p + t;
+        }
+        layer_norm(row, &self.emb_norm.gamma, &self.emb_norm.beta, eps);
     }
 
     /// Mean pooling of each sequence's rows of `hidden`, L2-normalised.

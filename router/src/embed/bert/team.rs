@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{Bert, Layer, Scratch};
 use crate::embed::kernel_amx::{self, ATTENTION_HEAD_DIM, BLOCK_M, BLOCK_N, ROWS_PER_TILE};
 use crate::embed::linear::Linear;
-use crate::embed::math::{add_layer_norm, exp_shifted_in_place, gelu_in_place, layer_norm};
+use crate::embed::math::{add_layer_norm, exp_shifted_in_place, gelu_in_place};
 
 /// A barrier whose waiters spin: the steps between two waits last microseconds to a millisecond,
 /// far less than parking and waking a thread costs. A waiter yields its core after a while, so a
@@ -223,17 +223,7 @@ impl Bert {
                 }
                 let (id, pos) = pass.tokens[r];
                 let row = &mut hidden[(r - rows.start) * h..][..h];
-                let word = &self.word[id * h..][..h];
-                let position = &self.position[pos * h..][..h];
-                for (((x, w), p), tt) in row
-                    .iter_mut()
-                    .zip(word)
-                    .zip(position)
-                    .zip(&self.token_type0)
-                {
-                    *x = w + p + tt;
-                }
-                layer_norm(row, &self.emb_norm.gamma, &self.emb_norm.beta, eps);
+                self.embed_token(row, id, pos, eps);
                 kernel_amx::pack_row(Some(row), r, h, tiles.start, packed);
             }
         }
